@@ -1,0 +1,96 @@
+"""Where things live: bucket prefixes, image keys and labels, the warehouse, the step arguments.
+
+Both halves read these names from here so a renamed prefix or argument cannot drift between them.
+"""
+from __future__ import annotations
+
+import posixpath
+
+RAW_PREFIX = "raw/"
+INBOX_PREFIX = "inbox/"
+MANIFEST_PREFIX = "manifests/"
+SUGGESTION_PREFIX = "suggestions/"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+# Warehouse layout, relative to the warehouse URI (a local directory or s3://bucket/warehouse).
+CATALOG_NAME = "verger"
+NAMESPACE = "verger"
+FEATURES_TABLE = "features"
+PROJECTIONS_TABLE = "projections"
+QUARANTINE_TABLE = "quarantine"
+SUGGESTIONS_TABLE = "suggestions"
+DATA_DIR = "data"
+PCA_DIR = "pca"
+REPORTS_DIR = "reports"
+LOCAL_CATALOG_FILE = "catalog.db"
+
+# Table property that names the PCA version readers use; it switches in the same commit as the
+# projections it describes.
+CURRENT_PCA_PROPERTY = "verger.current-pca-version"
+
+# The feature contract: changing any of these makes stored features incomparable.
+FEATURE_MODEL = "mobilenet_v2_1.0_224_imagenet_notop_avgpool"
+FEATURE_DIM = 1280
+INPUT_SIZE = 224
+RESIZE_FILTER = "bicubic"
+FEATURE_VERSION = f"{FEATURE_MODEL}/{RESIZE_FILTER}/v1"
+DEFAULT_VARIANCE_TARGET = 0.95
+
+
+def is_image_key(key: str) -> bool:
+    """True for an image file name; False for folder markers and other files.
+
+    Examples
+    --------
+    >>> is_image_key("raw/Apple Red 1/r_12_100.JPG"), is_image_key("raw/Apple/"), is_image_key("raw/a.txt")
+    (True, False, False)
+    """
+    return not key.endswith("/") and key.lower().endswith(IMAGE_SUFFIXES)
+
+
+def label_of(key: str) -> str | None:
+    """The label is the parent folder; photos in the inbox (or at the root) have none.
+
+    Examples
+    --------
+    >>> label_of("raw/Apple Red 1/r_12_100.jpg"), label_of("Kiwi/1.jpg"), label_of("inbox/x.jpg")
+    ('Apple Red 1', 'Kiwi', None)
+    """
+    if key.startswith(INBOX_PREFIX):
+        return None
+    parent = posixpath.basename(posixpath.dirname(key))
+    return parent or None
+
+
+def manifest_key(batch_id: str) -> str:
+    return f"{MANIFEST_PREFIX}{batch_id}.json"
+
+
+def warehouse_path(warehouse: str, *parts: str) -> str:
+    """Join below a warehouse URI or directory without mangling `s3://`.
+
+    Examples
+    --------
+    >>> warehouse_path("s3://b/warehouse/", "reports", "x.json")
+    's3://b/warehouse/reports/x.json'
+    """
+    return "/".join([warehouse.rstrip("/"), *(part.strip("/") for part in parts)])
+
+
+class StepArgs:
+    """Names of the EMR step's arguments: what the launcher passes and the job parses."""
+
+    MANIFEST = "--manifest"
+    WAREHOUSE = "--warehouse"
+    WEIGHTS = "--weights"
+    VARIANCE = "--variance"
+
+
+def step_arguments(manifest_uri: str, warehouse: str, weights: str, variance: float) -> list[str]:
+    """The job's arguments after the entry script, identical on EMR, EMR Serverless and locally."""
+    return [
+        StepArgs.MANIFEST, manifest_uri,
+        StepArgs.WAREHOUSE, warehouse,
+        StepArgs.WEIGHTS, weights,
+        StepArgs.VARIANCE, str(variance),
+    ]

@@ -1,0 +1,164 @@
+"""The manifest: the one message the trigger sends the job.
+
+It is plain JSON so that both halves (and a person with `aws s3 cp … -`) can read it, and versioned
+so that a job never guesses at a shape it does not know.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable
+from urllib.parse import urlparse
+
+MANIFEST_VERSION = 1
+MODES = ("incremental", "full")
+SOURCE_SCHEMES = ("s3", "file")
+
+
+class ManifestError(ValueError):
+    """A manifest that the job must refuse, with the reason in the message."""
+
+
+@dataclass(frozen=True)
+class ManifestItem:
+    """One image to process; `key` is decoded (spaces, unicode) and relative to the source."""
+
+    key: str
+    etag: str
+    size: int | None = None
+    sequencer: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A batch of images for one step.
+
+    `source` is where the keys live: `s3://bucket` on AWS and in the embedded mode, `file:///dir`
+    for a local folder. `batch_id` is derived from the content, so a replayed event gives the same id.
+    """
+
+    batch_id: str
+    mode: str
+    source: str
+    items: tuple[ManifestItem, ...]
+    created_at: str
+    version: int = MANIFEST_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bucket(self) -> str | None:
+        parsed = urlparse(self.source)
+        return parsed.netloc if parsed.scheme == "s3" else None
+
+    def to_json(self) -> str:
+        body = asdict(self)
+        body["items"] = [asdict(item) for item in self.items]
+        return json.dumps(body, ensure_ascii=False, indent=1, sort_keys=True)
+
+
+def batch_id_for(mode: str, source: str, items: Iterable[ManifestItem]) -> str:
+    """Content hash of what the batch processes; time and order play no part.
+
+    Examples
+    --------
+    >>> a = ManifestItem("raw/Apple/1.jpg", "e1")
+    >>> b = ManifestItem("raw/Kiwi/2.jpg", "e2")
+    >>> batch_id_for("incremental", "s3://b", [a, b]) == batch_id_for("incremental", "s3://b", [b, a])
+    True
+    """
+    digest = hashlib.sha256(f"{mode}\n{source}\n".encode())
+    for key, etag in sorted({(item.key, item.etag) for item in items}):
+        digest.update(f"{key}\0{etag}\n".encode())
+    return f"{mode[:4]}-{digest.hexdigest()[:20]}"
+
+
+def build_manifest(
+    mode: str,
+    source: str,
+    items: Iterable[ManifestItem],
+    created_at: datetime | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Manifest:
+    """Deduplicate items by key (last one wins) and seal them under a content-derived batch id."""
+    by_key: dict[str, ManifestItem] = {}
+    for item in items:
+        by_key[item.key] = item
+    unique = tuple(sorted(by_key.values(), key=lambda item: item.key))
+    manifest = Manifest(
+        batch_id=batch_id_for(mode, source, unique),
+        mode=mode,
+        source=source.rstrip("/"),
+        items=unique,
+        created_at=(created_at or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        extra=dict(extra or {}),
+    )
+    validate(manifest)
+    return manifest
+
+
+def parse_manifest(text: str | bytes) -> Manifest:
+    """Parse and validate, naming the first problem found."""
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ManifestError(f"manifest is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise ManifestError(f"manifest must be a JSON object, got {type(body).__name__}")
+    version = body.get("version")
+    if version != MANIFEST_VERSION:
+        raise ManifestError(
+            f"unknown manifest version {version!r}: this job reads version {MANIFEST_VERSION}"
+        )
+    for name in ("batch_id", "mode", "source", "items", "created_at"):
+        if name not in body:
+            raise ManifestError(f"manifest is missing the field {name!r}")
+    if not isinstance(body["items"], list):
+        raise ManifestError("manifest field 'items' must be a list")
+    items = []
+    for index, raw in enumerate(body["items"]):
+        if not isinstance(raw, dict) or not raw.get("key") or not raw.get("etag"):
+            raise ManifestError(f"manifest item {index} needs a non-empty 'key' and 'etag'")
+        items.append(
+            ManifestItem(
+                key=str(raw["key"]),
+                etag=str(raw["etag"]),
+                size=raw.get("size"),
+                sequencer=raw.get("sequencer"),
+            )
+        )
+    manifest = Manifest(
+        batch_id=str(body["batch_id"]),
+        mode=str(body["mode"]),
+        source=str(body["source"]),
+        items=tuple(items),
+        created_at=str(body["created_at"]),
+        version=version,
+        extra=dict(body.get("extra") or {}),
+    )
+    validate(manifest)
+    return manifest
+
+
+def validate(manifest: Manifest) -> None:
+    if manifest.mode not in MODES:
+        raise ManifestError(f"unknown mode {manifest.mode!r}: expected one of {', '.join(MODES)}")
+    check_uri(manifest.source, "source", SOURCE_SCHEMES)
+    if urlparse(manifest.source).scheme == "s3" and urlparse(manifest.source).path.strip("/"):
+        raise ManifestError(f"source {manifest.source!r} must be a bucket (s3://bucket), not a prefix")
+    if not manifest.batch_id:
+        raise ManifestError("manifest field 'batch_id' is empty")
+
+
+def check_uri(uri: str, what: str, schemes: tuple[str, ...]) -> None:
+    """Raise ManifestError unless `uri` is `<scheme>://…` with one of `schemes` and a location."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in schemes:
+        raise ManifestError(
+            f"bad {what} URI {uri!r}: scheme must be one of {', '.join(s + '://' for s in schemes)}"
+        )
+    if parsed.scheme == "s3" and not parsed.netloc:
+        raise ManifestError(f"bad {what} URI {uri!r}: no bucket")
+    if parsed.scheme == "file" and not parsed.path.startswith("/"):
+        raise ManifestError(f"bad {what} URI {uri!r}: file URIs need an absolute path")
