@@ -1,0 +1,1 @@
+"""Deploy-time helpers: the EMR bootstrap action, dependency locks and the staging command."""
