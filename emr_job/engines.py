@@ -1,0 +1,162 @@
+"""MobileNetV2 feature extractors: numpy batch in, numpy features out, one per Python worker.
+
+The Spark job only batches and checks; which runtime computes the features is chosen here:
+
+- ``keras``: the reference (TensorFlow), slow to import and to run.
+- ``onnx`` (default): the same Keras graph converted once to ONNX and run by ONNX Runtime; equal
+  to the reference within cosine 0.9999 / max abs diff 1e-3 (proven by
+  tests/integration/test_engines_real.py). TensorFlow is imported only to convert.
+- ``onnx-int8``: opt-in fast path, the ONNX model statically quantized to int8 (QDQ, per channel)
+  on calibration images; faster, and its features drift from FP32 (see engines_quant).
+
+`threads` is the number of cores Spark gives this Python worker (e.g. ``spark.task.cpus``); the
+engine never uses more, so concurrent workers do not oversubscribe the machine. ``None`` leaves the
+choice to the runtime (all cores): fine for one process, wrong next to other workers.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from contract.layout import FEATURE_DIM, INPUT_SIZE
+from emr_job.engines_weights import WeightsError, validate_weights
+
+__all__ = [
+    "ENGINES", "Extractor", "WeightsError", "check_batch", "load_extractor", "weights_sha256",
+]
+
+Extractor = Callable[[np.ndarray], np.ndarray]
+INPUT_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
+DEFAULT_ENGINE = "onnx"
+CACHE_ENV = "VERGER_CACHE_DIR"
+CALIBRATION_ENV = "VERGER_CALIBRATION_DIR"
+
+_loaded: dict[tuple[str, str, int | None], Extractor] = {}
+_load_lock = threading.Lock()
+
+
+def weights_sha256(path: str) -> str:
+    """Hex sha256 of the weights file: the key of every cached conversion and loaded model."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> str:
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "verger")
+
+
+def check_batch(images: np.ndarray) -> None:
+    """Raise ValueError unless `images` is a float32 (n, 224, 224, 3) batch.
+
+    Examples
+    --------
+    >>> check_batch(np.zeros((2, 224, 224, 3), np.float32))
+    >>> check_batch(np.zeros((2, 100, 100, 3), np.uint8))
+    Traceback (most recent call last):
+    ValueError: expected (n, 224, 224, 3) float32, got (2, 100, 100, 3) uint8
+    """
+    if images.ndim != 4 or images.shape[1:] != INPUT_SHAPE or images.dtype != np.float32:
+        raise ValueError(
+            f"expected (n, {', '.join(map(str, INPUT_SHAPE))}) float32, "
+            f"got {tuple(images.shape)} {images.dtype}"
+        )
+
+
+def load_extractor(
+    weights_path: str,
+    engine: str = DEFAULT_ENGINE,
+    threads: int | None = None,
+    cache_dir: str | None = None,
+    calibration_dir: str | None = None,
+) -> Extractor:
+    """The feature extractor for these weights, built once per process and reused.
+
+    Parameters
+    ----------
+    weights_path
+        Local Keras HDF5 weights of MobileNetV2 1.0/224 include_top=False; checked first.
+    engine
+        One of ENGINES.
+    threads
+        Cores this worker may use (intra-op threads); None lets the runtime use all cores.
+    cache_dir
+        Where converted models are kept; default ``$VERGER_CACHE_DIR`` or ``~/.cache/verger``.
+    calibration_dir
+        Images the int8 fast path is calibrated on (default ``$VERGER_CALIBRATION_DIR``).
+
+    Returns
+    -------
+    Extractor
+        float32 (n, 224, 224, 3) preprocessed images -> float32 (n, 1280) features. The same
+        object for the same (weights sha256, engine, threads) in this process.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    validate_weights(weights_path)
+    key = (weights_sha256(weights_path), engine, threads)
+    with _load_lock:
+        if key not in _loaded:
+            options = _BuildOptions(
+                weights_path=weights_path,
+                weights_sha256=key[0],
+                threads=threads,
+                cache_dir=cache_dir or default_cache_dir(),
+                calibration_dir=calibration_dir or os.environ.get(CALIBRATION_ENV),
+            )
+            _loaded[key] = _checked(_BUILDERS[engine](options))
+        return _loaded[key]
+
+
+@dataclass(frozen=True)
+class _BuildOptions:
+    """What a builder needs, so all builders share one signature."""
+
+    weights_path: str
+    weights_sha256: str
+    threads: int | None
+    cache_dir: str
+    calibration_dir: str | None
+
+
+def _checked(run: Extractor) -> Extractor:
+    """Wrap a raw engine with the input check and the output shape/dtype guarantee."""
+
+    def extract(images: np.ndarray) -> np.ndarray:
+        check_batch(images)  # (n, 224, 224, 3) float32
+        if len(images) == 0:
+            return np.empty((0, FEATURE_DIM), np.float32)
+        features = np.asarray(run(np.ascontiguousarray(images)), dtype=np.float32)  # (n, 1280)
+        if features.shape != (len(images), FEATURE_DIM):
+            raise RuntimeError(f"engine returned {features.shape}, expected ({len(images)}, {FEATURE_DIM})")
+        return features
+
+    return extract
+
+
+def _build_keras(options: _BuildOptions) -> Extractor:
+    from emr_job.engines_keras import keras_model
+
+    model = keras_model(options.weights_path, options.threads)
+    return lambda images: model.predict_on_batch(images)
+
+
+def _build_onnx(options: _BuildOptions) -> Extractor:
+    from emr_job.engines_onnx import onnx_extractor, onnx_model_path
+
+    return onnx_extractor(onnx_model_path(options.weights_path, options.weights_sha256, options.cache_dir),
+                          options.threads)
+
+
+_BUILDERS: dict[str, Callable[[_BuildOptions], Extractor]] = {
+    "keras": _build_keras,
+    "onnx": _build_onnx,
+}
+ENGINES = tuple(_BUILDERS)
