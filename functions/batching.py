@@ -1,0 +1,121 @@
+"""Turn image uploads into manifests, and write them where the job reads them.
+
+Manifests are cut deterministically from the set of uploads alone (never from arrival order or
+time), so a replayed SQS batch yields the same manifests and therefore the same batch ids.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import groupby
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from contract.layout import RAW_PREFIX, is_image_key, manifest_key
+from contract.manifest import Manifest, ManifestItem, build_manifest
+from functions.events import ImageUpload
+
+
+def latest_per_key(uploads: Iterable[ImageUpload]) -> list[ImageUpload]:
+    """One upload per key: the latest by S3's sequencer, sorted by (folder, key).
+
+    S3 delivers at least once and a key may be overwritten within a batch; only the newest
+    version is worth a step. Sequencers are hex strings of varying length, compared as numbers
+    (S3's documented rule is "left-pad with zeros, then compare").
+    """
+    latest: dict[str, ImageUpload] = {}
+    for upload in uploads:
+        current = latest.get(upload.key)
+        if current is None or _order(upload) > _order(current):
+            latest[upload.key] = upload
+    return sorted(latest.values(), key=lambda upload: (upload.folder, upload.key))
+
+
+def pack_by_folder(uploads: Sequence[ImageUpload], max_images: int) -> list[list[ImageUpload]]:
+    """Cut folder-sorted uploads into chunks of at most `max_images`, keeping folders whole.
+
+    A folder (class) that fits in the current chunk joins it; one that does not starts a new
+    chunk; one larger than `max_images` is cut into full chunks. Whole folders keep a label's
+    photos in one step; packing several folders per chunk keeps the number of EMR steps (each
+    paying spark-submit start-up, and run one at a time by default) close to the minimum.
+
+    Examples
+    --------
+    >>> ups = [ImageUpload(f"raw/{d}/{i}.jpg", "e", None, None) for d, n in (("A", 2), ("B", 3)) for i in range(n)]
+    >>> [[u.key for u in chunk] for chunk in pack_by_folder(ups, 3)]
+    [['raw/A/0.jpg', 'raw/A/1.jpg'], ['raw/B/0.jpg', 'raw/B/1.jpg', 'raw/B/2.jpg']]
+    """
+    chunks: list[list[ImageUpload]] = []
+    current: list[ImageUpload] = []
+    for _, folder_uploads in groupby(uploads, key=lambda upload: upload.folder):
+        folder = list(folder_uploads)
+        if current and len(current) + len(folder) > max_images:
+            chunks.append(current)
+            current = []
+        while len(current) + len(folder) > max_images:
+            room = max_images - len(current)
+            chunks.append(current + folder[:room])
+            current, folder = [], folder[room:]
+        current.extend(folder)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def incremental_manifests(
+    uploads: Iterable[ImageUpload], bucket: str, max_images: int
+) -> list[Manifest]:
+    """Deduplicated, folder-grouped manifests of at most `max_images` images each."""
+    return [
+        build_manifest("incremental", f"s3://{bucket}", [_item(upload) for upload in chunk])
+        for chunk in pack_by_folder(latest_per_key(uploads), max_images)
+    ]
+
+
+def full_manifest(s3: Any, bucket: str) -> Manifest:
+    """One `full` manifest listing every image under `raw/`, for a full recompute."""
+    return build_manifest("full", f"s3://{bucket}", list_raw_images(s3, bucket))
+
+
+def list_raw_images(s3: Any, bucket: str) -> Iterator[ManifestItem]:
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=RAW_PREFIX):
+        for entry in page.get("Contents", []):
+            if is_image_key(entry["Key"]):
+                yield ManifestItem(key=entry["Key"], etag=entry["ETag"].strip('"'), size=entry["Size"])
+
+
+def manifest_uri(bucket: str, batch_id: str) -> str:
+    return f"s3://{bucket}/{manifest_key(batch_id)}"
+
+
+def write_manifest(s3: Any, bucket: str, manifest: Manifest) -> bool:
+    """Write the manifest once; False when a replay finds it already there.
+
+    The write is conditional (`If-None-Match: *`), so a manifest a running step may be reading
+    is never rewritten: same batch id, same items, first `created_at` kept.
+    """
+    try:
+        s3.put_object(
+            Bucket=bucket,
+            Key=manifest_key(manifest.batch_id),
+            Body=manifest.to_json().encode(),
+            ContentType="application/json",
+            IfNoneMatch="*",
+        )
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "PreconditionFailed":
+            raise
+        return False
+    return True
+
+
+def _order(upload: ImageUpload) -> tuple[int, str]:
+    sequence = int(upload.sequencer, 16) if upload.sequencer else -1  # hex, checked at parsing
+    return sequence, upload.etag
+
+
+def _item(upload: ImageUpload) -> ManifestItem:
+    return ManifestItem(
+        key=upload.key, etag=upload.etag, size=upload.size, sequencer=upload.sequencer
+    )

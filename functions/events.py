@@ -1,0 +1,180 @@
+"""Parse what arrives at the function into image uploads, dropped notifications or poison.
+
+Three shapes arrive: an SQS batch whose bodies are S3 notifications (the deployed path), a plain S3
+notification (`sam local invoke -e events/s3-put.json`), and `{"action": "full-recompute"}`.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.parser.models import S3Model, S3RecordModel
+from pydantic import ValidationError
+
+from contract.layout import INBOX_PREFIX, RAW_PREFIX, is_image_key
+
+ACCEPTED_PREFIXES = (RAW_PREFIX, INBOX_PREFIX)
+FULL_RECOMPUTE_ACTION = "full-recompute"
+S3_TEST_EVENT = "s3:TestEvent"
+
+logger = Logger(child=True)
+
+
+class EventKind(Enum):
+    SQS = "sqs"
+    S3 = "s3"
+    FULL_RECOMPUTE = "full-recompute"
+
+
+class UnsupportedEvent(ValueError):
+    """The invocation event is none of the shapes this function handles."""
+
+
+class MalformedMessage(ValueError):
+    """A body that is not an S3 notification; SQS retries it and then moves it to the DLQ."""
+
+
+class DropReason(str, Enum):
+    """Why a notification is acknowledged without becoming a manifest item."""
+
+    TEST_EVENT = "test-event"
+    NOT_OBJECT_CREATED = "not-object-created"
+    OTHER_BUCKET = "other-bucket"
+    OUTSIDE_PREFIX = "outside-prefix"
+    FOLDER_MARKER = "folder-marker"
+    NOT_AN_IMAGE = "not-an-image"
+
+
+@dataclass(frozen=True)
+class ImageUpload:
+    """One image that landed in the bucket; `key` is already URL-decoded."""
+
+    key: str
+    etag: str
+    size: int | None
+    sequencer: str | None
+
+    @property
+    def folder(self) -> str:
+        return posixpath.dirname(self.key)
+
+
+@dataclass(frozen=True)
+class Dropped:
+    key: str | None
+    reason: DropReason
+
+
+@dataclass(frozen=True)
+class ParsedNotification:
+    """What one S3 notification (one SQS body, or one plain S3 event) holds."""
+
+    uploads: tuple[ImageUpload, ...]
+    dropped: tuple[Dropped, ...]
+
+
+def event_kind(event: Any) -> EventKind:
+    """Tell the three accepted invocation shapes apart, refusing anything else by name."""
+    if isinstance(event, dict):
+        if "action" in event:
+            if event["action"] == FULL_RECOMPUTE_ACTION:
+                return EventKind.FULL_RECOMPUTE
+            raise UnsupportedEvent(
+                f"unknown action {event['action']!r}: the only action is {FULL_RECOMPUTE_ACTION!r}"
+            )
+        records = event.get("Records")
+        if isinstance(records, list) and records and isinstance(records[0], dict):
+            source = records[0].get("eventSource")
+            if source == "aws:sqs":
+                return EventKind.SQS
+            if source == "aws:s3":
+                return EventKind.S3
+            raise UnsupportedEvent(f"records from {source!r}: expected aws:sqs or aws:s3")
+    raise UnsupportedEvent(
+        "expected an SQS batch, an S3 notification or {\"action\": \"full-recompute\"}"
+    )
+
+
+def parse_sqs_body(body: str, bucket: str) -> ParsedNotification:
+    """Parse one SQS body holding an S3 notification.
+
+    Raises
+    ------
+    MalformedMessage
+        When the body is not JSON or not an S3 notification: such a message must reach the DLQ,
+        where someone can look at it, rather than vanish.
+    """
+    try:
+        notification = json.loads(body)
+    except (json.JSONDecodeError, TypeError) as error:
+        raise MalformedMessage(f"body is not JSON: {error}") from None
+    if isinstance(notification, dict) and notification.get("Event") == S3_TEST_EVENT:
+        logger.info("dropped s3:TestEvent", extra={"reason": DropReason.TEST_EVENT.value})
+        return ParsedNotification(uploads=(), dropped=(Dropped(None, DropReason.TEST_EVENT),))
+    return parse_s3_notification(notification, bucket)
+
+
+def parse_s3_notification(notification: Any, bucket: str) -> ParsedNotification:
+    """Keep the image uploads to `bucket` under the accepted prefixes; drop the rest, logged."""
+    try:
+        records = S3Model.model_validate(notification).Records
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise MalformedMessage(f"not an S3 notification: {where}: {first['msg']}") from None
+    except (AttributeError, TypeError):
+        # Powertools' S3RecordModel "before" validator dereferences `s3.object` and `eventName`
+        # without checking them, so a record lacking either escapes pydantic as a bare error.
+        raise MalformedMessage("not an S3 notification: a record lacks eventName or s3.object") from None
+    uploads: list[ImageUpload] = []
+    dropped: list[Dropped] = []
+    for record in records:
+        outcome = classify_record(record, bucket)
+        if isinstance(outcome, Dropped):
+            logger.info(
+                "dropped S3 notification", extra={"key": outcome.key, "reason": outcome.reason.value}
+            )
+            dropped.append(outcome)
+        else:
+            uploads.append(outcome)
+    return ParsedNotification(uploads=tuple(uploads), dropped=tuple(dropped))
+
+
+def classify_record(record: S3RecordModel, bucket: str) -> ImageUpload | Dropped:
+    """An `ImageUpload`, or the reason this notification is not one."""
+    s3_object = record.s3.object
+    key = unquote_plus(s3_object.key) if s3_object else None
+    if not record.eventName.startswith("ObjectCreated:") or s3_object is None or key is None:
+        return Dropped(key, DropReason.NOT_OBJECT_CREATED)
+    if record.s3.bucket.name != bucket:
+        return Dropped(key, DropReason.OTHER_BUCKET)
+    if not key.startswith(ACCEPTED_PREFIXES):
+        return Dropped(key, DropReason.OUTSIDE_PREFIX)
+    if key.endswith("/"):
+        return Dropped(key, DropReason.FOLDER_MARKER)
+    if not is_image_key(key):
+        return Dropped(key, DropReason.NOT_AN_IMAGE)
+    etag = (s3_object.eTag or "").strip('"')
+    if not etag:
+        raise MalformedMessage(f"ObjectCreated notification for {key!r} has no eTag")
+    if s3_object.sequencer and not _is_hex(s3_object.sequencer):
+        raise MalformedMessage(f"sequencer {s3_object.sequencer!r} for {key!r} is not hexadecimal")
+    return ImageUpload(
+        key=key,
+        etag=etag,
+        size=None if s3_object.size is None else int(s3_object.size),
+        sequencer=s3_object.sequencer,
+    )
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,219 @@
+"""Fixtures for the trigger's tests: moto in-process, settings from template.yaml, real events."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from moto import mock_aws
+
+from functions import clients
+
+ROOT = Path(__file__).resolve().parents[3]
+EVENTS = ROOT / "events"
+TEMPLATE = ROOT / "template.yaml"
+FUNCTION = "TriggerFunction"
+BUCKET = "verger-photos-example"  # the bucket named in events/*.json
+REGION = "eu-west-3"
+ROLE_ARN = "arn:aws:iam::123456789012:role/verger-serverless-job"
+
+
+@dataclass
+class CfnTag:
+    """A CloudFormation intrinsic (`!Ref`, `!Sub`, …) kept as data instead of failing the load."""
+
+    name: str
+    value: Any
+
+
+class CfnLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_tag(loader: CfnLoader, suffix: str, node: yaml.Node) -> CfnTag:
+    if isinstance(node, yaml.ScalarNode):
+        return CfnTag(suffix, loader.construct_scalar(node))
+    if isinstance(node, yaml.SequenceNode):
+        return CfnTag(suffix, loader.construct_sequence(node, deep=True))
+    return CfnTag(suffix, loader.construct_mapping(node, deep=True))
+
+
+CfnLoader.add_multi_constructor("!", _construct_tag)
+
+
+def load_template() -> dict[str, Any]:
+    return yaml.load(TEMPLATE.read_text(encoding="utf-8"), Loader=CfnLoader)
+
+
+class TemplateResolver:
+    """Evaluates the intrinsics the template's environment uses, with test values for references.
+
+    A reference to a parameter without a test value takes the parameter's Default, so defaults
+    are read from the template rather than repeated here.
+    """
+
+    def __init__(self, template: dict[str, Any], refs: dict[str, str]) -> None:
+        defaults = {
+            name: str(spec["Default"])
+            for name, spec in template.get("Parameters", {}).items()
+            if "Default" in spec
+        }
+        self.refs = {"AWS::Region": REGION, "AWS::AccountId": "123456789012", **defaults, **refs}
+        self.conditions = template.get("Conditions", {})
+
+    def resolve(self, node: Any) -> Any:
+        if not isinstance(node, CfnTag):
+            return node
+        if node.name == "Ref":
+            return self._ref(node.value)
+        if node.name == "GetAtt":
+            target = node.value if isinstance(node.value, str) else ".".join(node.value)
+            return self._ref(target)
+        if node.name == "Sub":
+            text = node.value if isinstance(node.value, str) else node.value[0]
+            return re.sub(r"\$\{([^}]+)\}", lambda match: self._ref(match.group(1)), text)
+        if node.name == "If":
+            condition, when_true, when_false = node.value
+            return self.resolve(when_true if self.condition(condition) else when_false)
+        raise AssertionError(f"the test resolver does not know !{node.name}: extend it")
+
+    def condition(self, name: str) -> bool:
+        return self._truth(self.conditions[name])
+
+    def _truth(self, node: Any) -> bool:
+        if node.name == "Equals":
+            left, right = (str(self.resolve(part)) for part in node.value)
+            return left == right
+        if node.name == "And":
+            return all(self._truth(part) for part in node.value)
+        if node.name == "Or":
+            return any(self._truth(part) for part in node.value)
+        if node.name == "Not":
+            return not self._truth(node.value[0])
+        if node.name == "Condition":
+            return self.condition(node.value)
+        raise AssertionError(f"the test resolver does not know condition !{node.name}")
+
+    def _ref(self, name: str) -> str:
+        if name not in self.refs:
+            raise AssertionError(f"template refers to {name!r}: give the test a value for it")
+        return self.refs[name]
+
+
+def function_environment(refs: dict[str, str]) -> dict[str, str]:
+    """The trigger's environment as deployed: Globals merged with the function's own variables."""
+    template = load_template()
+    resolver = TemplateResolver(template, refs)
+    variables = dict(template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {}))
+    properties = template["Resources"][FUNCTION]["Properties"]
+    variables.update(properties.get("Environment", {}).get("Variables", {}))
+    return {name: str(resolver.resolve(value)) for name, value in variables.items()}
+
+
+def function_handler() -> str:
+    return load_template()["Resources"][FUNCTION]["Properties"]["Handler"]
+
+
+def load_event(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / name).read_text(encoding="utf-8"))
+
+
+@dataclass
+class FakeLambdaContext:
+    function_name: str = "verger-trigger"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = f"arn:aws:lambda:{REGION}:123456789012:function:verger-trigger"
+    aws_request_id: str = "c6af9ac6-7b61-11e6-9a41-93e812345678"
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 120_000
+
+
+@pytest.fixture
+def lambda_context() -> FakeLambdaContext:
+    return FakeLambdaContext()
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch):
+    """moto in-process with dummy credentials; boto3 clients cached by the function are reset."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+        "POWERTOOLS_TRACE_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    clients.client.cache_clear()
+    with mock_aws():
+        yield
+    clients.client.cache_clear()
+
+
+@pytest.fixture
+def bucket(aws) -> str:
+    boto3.client("s3").create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    return BUCKET
+
+
+@pytest.fixture
+def cluster_id(aws) -> str:
+    return boto3.client("emr").run_job_flow(
+        Name="verger-test",
+        ReleaseLabel="emr-7.13.0",
+        Instances={"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True},
+        JobFlowRole="EMR_EC2_DefaultRole",
+        ServiceRole="EMR_DefaultRole",
+    )["JobFlowId"]
+
+
+@pytest.fixture
+def template_env(monkeypatch: pytest.MonkeyPatch, bucket: str, cluster_id: str) -> dict[str, str]:
+    """The deployed environment (Launcher=emr, the stack's own cluster), set on os.environ."""
+    environment = function_environment({"BucketName": bucket, "Cluster": cluster_id})
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    return environment
+
+
+@pytest.fixture(autouse=True)
+def reset_metrics():
+    """Powertools keeps metrics at class level: start and end every test with none."""
+    from functions.app import metrics
+
+    metrics.clear_metrics()
+    yield
+    metrics.clear_metrics()
+
+
+def emitted_metrics(stdout: str) -> list[dict[str, Any]]:
+    """The EMF blobs powertools printed, each as {metric name: value, dimension: value, …}."""
+    return [
+        blob
+        for blob in (json.loads(line) for line in stdout.splitlines() if line.startswith("{"))
+        if "_aws" in blob
+    ]
+
+
+def manifests_in(bucket: str) -> dict[str, dict[str, Any]]:
+    s3 = boto3.client("s3")
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="manifests/").get("Contents", [])
+    return {
+        entry["Key"]: json.loads(s3.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read())
+        for entry in listed
+    }
+
+
+def steps_on(cluster: str) -> list[dict[str, Any]]:
+    return boto3.client("emr").list_steps(ClusterId=cluster)["Steps"]
