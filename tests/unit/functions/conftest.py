@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,6 @@ import pytest
 import yaml
 from moto import mock_aws
 
-from functions import clients
 
 ROOT = Path(__file__).resolve().parents[3]
 EVENTS = ROOT / "events"
@@ -105,14 +105,28 @@ class TemplateResolver:
         return self.refs[name]
 
 
+def global_environment(refs: dict[str, str]) -> dict[str, str]:
+    """The environment `Globals` gives every function (the Powertools settings)."""
+    template = load_template()
+    resolver = TemplateResolver(template, refs)
+    variables = template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+    return {name: str(resolver.resolve(value)) for name, value in variables.items()}
+
+
 def function_environment(refs: dict[str, str]) -> dict[str, str]:
     """The trigger's environment as deployed: Globals merged with the function's own variables."""
     template = load_template()
     resolver = TemplateResolver(template, refs)
-    variables = dict(template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {}))
-    properties = template["Resources"][FUNCTION]["Properties"]
-    variables.update(properties.get("Environment", {}).get("Variables", {}))
-    return {name: str(resolver.resolve(value)) for name, value in variables.items()}
+    variables = template["Resources"][FUNCTION]["Properties"].get("Environment", {}).get("Variables", {})
+    own = {name: str(resolver.resolve(value)) for name, value in variables.items()}
+    return {**global_environment(refs), **own}
+
+
+# Lambda sets the environment before it imports the handler, and Powertools reads its settings
+# (service, namespace, log level) when the module-level Logger and Metrics are built: do the same.
+for _name, _value in global_environment({}).items():
+    os.environ.setdefault(_name, _value)
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 
 
 def function_handler() -> str:
@@ -153,6 +167,8 @@ def aws(monkeypatch: pytest.MonkeyPatch):
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    from functions import clients
+
     clients.client.cache_clear()
     with mock_aws():
         yield

@@ -1,0 +1,202 @@
+"""The deployed handler, fed the files in events/ and variations of them, under moto."""
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from conftest import BUCKET, emitted_metrics, load_event, manifests_in, steps_on
+
+from contract.layout import step_arguments
+from functions import clients
+from functions.app import handler
+
+ENTRYPOINT = f"s3://{BUCKET}/code/step.py"
+WAREHOUSE = f"s3://{BUCKET}/warehouse"
+WEIGHTS = f"s3://{BUCKET}/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+BATCH_IMAGES = ["raw/Apple Red 1/r_13_100.jpg", "raw/Mañana Lime/0_100.jpg", "raw/Pitahaya Red/r_7_100.jpg"]
+
+
+def expected_step_args(manifest_key: str) -> list[str]:
+    manifest_uri = f"s3://{BUCKET}/{manifest_key}"
+    return ["spark-submit", "--deploy-mode", "cluster", ENTRYPOINT,
+            *step_arguments(manifest_uri, WAREHOUSE, WEIGHTS, 0.95)]
+
+
+def step_args(cluster_id: str) -> list[list[str]]:
+    return [step["Config"]["Args"] for step in steps_on(cluster_id)]
+
+
+def poison(event: dict[str, Any], index: int) -> str:
+    event["Records"][index]["body"] = "this is not JSON {"
+    return event["Records"][index]["messageId"]
+
+
+def test_s3_put_event_writes_a_manifest_with_the_decoded_key_and_adds_its_step(
+    template_env, cluster_id, lambda_context
+):
+    # GIVEN the plain S3 event of events/s3-put.json (key "raw/Apple+Red+1/r_12_100.jpg")
+    event = load_event("s3-put.json")
+
+    # WHEN the handler receives it directly, as `sam local invoke -e` does
+    result = handler(event, lambda_context)
+
+    # THEN one incremental manifest holds the decoded key, and one step points at it
+    manifests = manifests_in(BUCKET)
+    assert len(manifests) == 1
+    [(key, manifest)] = manifests.items()
+    assert manifest["mode"] == "incremental"
+    assert manifest["source"] == f"s3://{BUCKET}"
+    assert [item["key"] for item in manifest["items"]] == ["raw/Apple Red 1/r_12_100.jpg"]
+    assert key == f"manifests/{manifest['batch_id']}.json"
+    assert step_args(cluster_id) == [expected_step_args(key)]
+    assert [step["Name"] for step in steps_on(cluster_id)] == [f"verger-{manifest['batch_id']}"]
+    assert result["batches"][0]["batch_id"] == manifest["batch_id"]
+
+
+def test_sqs_batch_event_drops_what_is_not_an_upload_and_submits_the_rest_in_one_manifest(
+    template_env, cluster_id, lambda_context
+):
+    # GIVEN events/sqs-s3-batch.json: a test event, three photos (spaces, unicode), a folder marker, a .txt
+    event = load_event("sqs-s3-batch.json")
+
+    # WHEN the handler processes the batch
+    response = handler(event, lambda_context)
+
+    # THEN nothing fails, the three photos share one manifest, decoded, and one step runs it
+    assert response == {"batchItemFailures": []}
+    [(key, manifest)] = manifests_in(BUCKET).items()
+    assert [item["key"] for item in manifest["items"]] == BATCH_IMAGES
+    assert step_args(cluster_id) == [expected_step_args(key)]
+
+
+def test_full_recompute_event_lists_raw_into_one_full_manifest(template_env, cluster_id, lambda_context):
+    # GIVEN three photos and a non-image under raw/, and one photo outside it
+    s3 = boto3.client("s3")
+    for key in ["raw/Kiwi/1.jpg", "raw/Kiwi/2.jpg", "raw/Lemon Meyer/3.png", "raw/README.txt", "inbox/4.jpg"]:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=key.encode())
+
+    # WHEN events/full-recompute.json is sent
+    result = handler(load_event("full-recompute.json"), lambda_context)
+
+    # THEN one full manifest lists exactly the photos under raw/, with their ETags, and one step runs it
+    [(key, manifest)] = manifests_in(BUCKET).items()
+    assert manifest["mode"] == "full"
+    assert [item["key"] for item in manifest["items"]] == ["raw/Kiwi/1.jpg", "raw/Kiwi/2.jpg", "raw/Lemon Meyer/3.png"]
+    etag = s3.head_object(Bucket=BUCKET, Key="raw/Kiwi/1.jpg")["ETag"].strip('"')
+    assert manifest["items"][0]["etag"] == etag
+    assert step_args(cluster_id) == [expected_step_args(key)]
+    assert result["images"] == 3 and result["submitted"] is True
+
+
+def test_the_same_sqs_batch_delivered_twice_gives_one_manifest_and_one_step(
+    template_env, cluster_id, lambda_context
+):
+    # GIVEN a batch already processed once
+    handler(load_event("sqs-s3-batch.json"), lambda_context)
+    first = manifests_in(BUCKET)
+
+    # WHEN SQS delivers the same batch again
+    response = handler(load_event("sqs-s3-batch.json"), lambda_context)
+
+    # THEN it succeeds without a second manifest, a rewritten manifest or a second step
+    assert response == {"batchItemFailures": []}
+    assert manifests_in(BUCKET) == first
+    assert len(steps_on(cluster_id)) == 1
+
+
+def test_a_poison_body_and_a_throttled_step_fail_exactly_their_records(
+    template_env, cluster_id, lambda_context, monkeypatch
+):
+    # GIVEN one manifest per image, one poison body, and EMR throttling the step of the Pitahaya photo
+    monkeypatch.setenv("VERGER_MAX_IMAGES_PER_MANIFEST", "1")
+    event = load_event("sqs-s3-batch.json")
+    poisoned = poison(event, 4)
+    throttled = event["Records"][2]["messageId"]  # raw/Pitahaya Red/r_7_100.jpg
+    emr = clients.client("emr")
+    add_step = emr.add_job_flow_steps
+
+    def throttle_pitahaya(**kwargs: Any) -> dict[str, Any]:
+        manifest_uri = kwargs["Steps"][0]["HadoopJarStep"]["Args"][5]
+        manifest = json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key=manifest_uri.split("/", 3)[3])["Body"].read())
+        if manifest["items"][0]["key"].startswith("raw/Pitahaya Red/"):
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "AddJobFlowSteps")
+        return add_step(**kwargs)
+
+    monkeypatch.setattr(emr, "add_job_flow_steps", throttle_pitahaya)
+
+    # WHEN the handler processes the batch
+    response = handler(event, lambda_context)
+
+    # THEN exactly the poison and the throttled records are reported, and the other photos got steps
+    failed = {failure["itemIdentifier"] for failure in response["batchItemFailures"]}
+    assert failed == {poisoned, throttled}
+    submitted = {args[5] for args in step_args(cluster_id)}
+    keys = {manifests_in(BUCKET)[uri.split("/", 3)[3]]["items"][0]["key"] for uri in submitted}
+    assert keys == {"raw/Apple Red 1/r_13_100.jpg", "raw/Mañana Lime/0_100.jpg"}
+
+
+def test_a_batch_whose_records_all_fail_raises_so_sqs_retries_it_whole(template_env, lambda_context):
+    # GIVEN a batch of one poison message
+    event = load_event("sqs-s3-batch.json")
+    event["Records"] = event["Records"][1:2]
+    poison(event, 0)
+
+    # WHEN / THEN the invocation fails (powertools refuses an all-failed partial response)
+    with pytest.raises(Exception, match="All records failed"):
+        handler(event, lambda_context)
+
+
+def test_a_failed_step_for_a_plain_s3_event_fails_the_invocation(
+    template_env, cluster_id, lambda_context, monkeypatch
+):
+    # GIVEN EMR refusing every step
+    def refuse(**kwargs: Any) -> dict[str, Any]:
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "AddJobFlowSteps")
+
+    monkeypatch.setattr(clients.client("emr"), "add_job_flow_steps", refuse)
+
+    # WHEN / THEN a direct S3 invocation raises, naming the batch, so Lambda retries it
+    with pytest.raises(Exception, match=r"batch incr-[0-9a-f]{20}: .*ThrottlingException"):
+        handler(load_event("s3-put.json"), lambda_context)
+
+
+def test_the_handler_publishes_one_metric_per_outcome(template_env, cluster_id, lambda_context, capsys):
+    # GIVEN events/sqs-s3-batch.json (6 records: 3 photos, a test event, a folder marker, a .txt)
+    event = load_event("sqs-s3-batch.json")
+
+    # WHEN it is processed
+    handler(event, lambda_context)
+
+    # THEN the EMF output counts each outcome, drops by reason
+    blobs = emitted_metrics(capsys.readouterr().out)
+    batch = next(blob for blob in blobs if "RecordsReceived" in blob)
+    assert {name: batch[name] for name in (
+        "RecordsReceived", "ImagesAccepted", "RecordsFailed", "ManifestsWritten", "StepsSubmitted",
+        "DuplicateSubmissionsSkipped")} == {
+        "RecordsReceived": [6.0], "ImagesAccepted": [3.0], "RecordsFailed": [0.0], "ManifestsWritten": [1.0],
+        "StepsSubmitted": [1.0], "DuplicateSubmissionsSkipped": [0.0]}
+    drops = {blob["Reason"]: blob["RecordsDropped"] for blob in blobs if "RecordsDropped" in blob}
+    assert drops == {"folder-marker": [1.0], "not-an-image": [1.0], "test-event": [1.0]}
+    assert all(blob["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Verger" for blob in blobs)
+
+
+def test_an_unknown_action_is_refused_by_name(template_env, lambda_context):
+    # GIVEN a manual event with a misspelt action
+    event = {"action": "full-recompte"}
+
+    # WHEN / THEN the handler names the action it does not know
+    with pytest.raises(ValueError, match="unknown action 'full-recompte'"):
+        handler(event, lambda_context)
+
+
+def test_a_missing_setting_is_named(template_env, lambda_context, monkeypatch):
+    # GIVEN the deployed environment without the bucket
+    monkeypatch.delenv("VERGER_BUCKET")
+
+    # WHEN / THEN the invocation fails naming the variable
+    with pytest.raises(ValueError, match="VERGER_BUCKET is not set"):
+        handler(copy.deepcopy(load_event("sqs-s3-batch.json")), lambda_context)
