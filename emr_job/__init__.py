@@ -1,0 +1,1 @@
+"""The Spark job an EMR step runs: features, feature store, PCA."""

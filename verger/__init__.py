@@ -1,0 +1,1 @@
+"""The one-machine side of Verger: the `verger` command and the embedded demo."""

@@ -1,0 +1,87 @@
+"""`verger run | export | refit`: the job on a local folder, and the store's readers."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from contract.layout import DEFAULT_VARIANCE_TARGET
+
+
+def add_commands(subparsers) -> None:
+    from emr_job.engines import DEFAULT_ENGINE, ENGINES
+
+    run = subparsers.add_parser(
+        "run", help="process a <Label>/<image> folder as one batch",
+        description="Extract features for the images of a <Label>/<image> folder not yet stored "
+                    "(or all of them with --mode full), commit them, and apply or refit the PCA.",
+    )
+    run.add_argument("--images", required=True, help="folder laid out as <Label>/<image>")
+    run.add_argument("--warehouse", required=True, help="warehouse directory (created if missing)")
+    run.add_argument("--weights", help="imagenet, a local .h5 path or an s3:// URI (default: $VERGER_WEIGHTS)")
+    run.add_argument("--limit", type=int, help="at most N images, spread across label folders")
+    run.add_argument("--mode", choices=("incremental", "full"), default="incremental",
+                     help="full re-extracts everything and refits the PCA")
+    run.add_argument("--variance", type=float, default=DEFAULT_VARIANCE_TARGET,
+                     help="explained-variance target that chooses k (default %(default)s)")
+    run.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+                     help="inference engine (default %(default)s; keras is the slow reference)")
+    run.set_defaults(command=command_run)
+
+    export = subparsers.add_parser(
+        "export", help="write the current store as one Parquet file",
+        description="One row per image key (its latest version): image_key, label, etag, batch_id, "
+                    "features (1280 float32) and, once a PCA exists, pca and pca_version.",
+    )
+    export.add_argument("--warehouse", required=True)
+    export.add_argument("--out", required=True, help="the .parquet file to write")
+    export.set_defaults(command=command_export)
+
+    refit = subparsers.add_parser(
+        "refit", help="refit the PCA over the stored features",
+        description="Fit a new PCA version over every current feature row (no re-extraction), "
+                    "rewrite the projections and switch to it in one commit.",
+    )
+    refit.add_argument("--warehouse", required=True)
+    refit.add_argument("--variance", type=float, default=DEFAULT_VARIANCE_TARGET)
+    refit.set_defaults(command=command_refit)
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from emr_job import blobs
+    from emr_job.folders import manifest_for_folder
+    from emr_job.job import JobSettings, run_manifest
+    from emr_job.session import get_session
+    from emr_job.store import warehouse_root
+    from contract.layout import manifest_key, warehouse_path
+    from emr_job.weights import resolve_weights
+
+    weights = resolve_weights(args.weights)
+    manifest = manifest_for_folder(args.images, args.mode, args.limit)
+    blobs.write_bytes(warehouse_path(warehouse_root(args.warehouse), manifest_key(manifest.batch_id)),
+                      manifest.to_json().encode())
+    settings = JobSettings(warehouse=args.warehouse, weights_path=weights, variance=args.variance,
+                           engine=args.engine)
+    report = run_manifest(get_session("verger-run"), manifest, settings)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def command_export(args: argparse.Namespace) -> int:
+    from emr_job.readers import export
+    from emr_job.session import get_session
+
+    rows = export(get_session("verger-export"), args.warehouse, args.out)
+    print(f"wrote {rows} rows to {args.out}")
+    return 0
+
+
+def command_refit(args: argparse.Namespace) -> int:
+    from emr_job.job import JobSettings, refit
+    from emr_job.session import get_session
+    from emr_job.store import open_catalog
+
+    settings = JobSettings(warehouse=args.warehouse, weights_path="", variance=args.variance)
+    outcome = refit(get_session("verger-refit"), open_catalog(args.warehouse), settings)
+    print(json.dumps(outcome, indent=1))
+    return 0

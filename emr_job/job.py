@@ -1,0 +1,303 @@
+"""One batch, end to end: manifest → features → projections → committed tables → report.
+
+Every `verger` command and the EMR step go through `run_manifest`, so the local folder, the
+embedded S3 API and a real cluster exercise the same code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+from pyspark import SparkFiles, StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from contract import layout
+from contract.manifest import Manifest
+from emr_job import blobs, pca, store
+from emr_job.engines import DEFAULT_ENGINE, load_extractor
+from emr_job.extract import OUTPUT_SCHEMA, extract_partitions
+from emr_job.readers import current_features, current_pca_version
+
+ITEM_SCHEMA = "image_key string, etag string, label string"
+ROWS_PER_PARTITION = 256
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    warehouse: str
+    weights_path: str  # local, already validated
+    variance: float = layout.DEFAULT_VARIANCE_TARGET
+    engine: str = DEFAULT_ENGINE
+    batch_size: int = 32
+    drift_margin: float = 0.05
+
+
+def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings) -> dict:
+    """Process the batch and return its report (also written to reports/<batch_id>.json)."""
+    started = time.perf_counter()
+    ingested_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    catalog = store.open_catalog(settings.warehouse)
+    latest = latest_etags(store.load_table(catalog, layout.FEATURES_TABLE))
+    if manifest.mode == "full":
+        todo = list(manifest.items)
+    else:
+        todo = [item for item in manifest.items if latest.get(item.key) != item.etag]
+
+    report: dict = {
+        "batch_id": manifest.batch_id,
+        "mode": manifest.mode,
+        "source": manifest.source,
+        "ingested_at": ingested_at,
+        "images": {"in_manifest": len(manifest.items), "already_present": len(manifest.items) - len(todo)},
+        "seconds": {},
+    }
+    new_rows = None
+    if todo:
+        new_rows, extraction = extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at)
+        report["images"].update(extraction["images"])
+        report["seconds"].update(extraction["seconds"])
+    else:
+        report["images"].update({"new": 0, "quarantined": 0, "quarantined_by_reason": {}})
+
+    began = time.perf_counter()
+    report["pca"] = apply_pca(spark, catalog, manifest, settings, new_rows, latest)
+    report["seconds"]["pca"] = round(time.perf_counter() - began, 3)
+    if new_rows is not None:
+        new_rows.unpersist()
+
+    total = time.perf_counter() - started
+    report["seconds"]["total"] = round(total, 3)
+    report["images_per_second"] = round(len(todo) / total, 2) if todo else 0.0
+    report["status"] = "complete"
+    blobs.write_bytes(report_uri(settings.warehouse, manifest.batch_id), json.dumps(report, indent=1).encode())
+    return report
+
+
+def report_uri(warehouse: str, batch_id: str) -> str:
+    return layout.warehouse_path(store.warehouse_root(warehouse), layout.REPORTS_DIR, f"{batch_id}.json")
+
+
+def latest_etags(features_table) -> dict[str, str]:
+    """image_key → etag of its current row; only two short columns are read."""
+    if features_table is None:
+        return {}
+    columns = store.read_columns(features_table, ["image_key", "etag", "ingested_at"]).to_pandas()
+    columns = columns.sort_values(["image_key", "ingested_at"]).drop_duplicates("image_key", keep="last")
+    return dict(zip(columns["image_key"], columns["etag"]))
+
+
+def extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at) -> tuple[DataFrame, dict]:
+    """Features for `todo`, committed with their quarantine rows; returns the new feature rows
+    (persisted, for the PCA step) and the extraction part of the report."""
+    items = pd.DataFrame(
+        {
+            "image_key": [item.key for item in todo],
+            "etag": [item.etag for item in todo],
+            "label": [layout.label_of(item.key) for item in todo],
+        }
+    )
+    partitions = max(1, min(-(-len(todo) // ROWS_PER_PARTITION), spark.sparkContext.defaultParallelism * 8))
+    spark.sparkContext.addFile(settings.weights_path)
+    weights_name = os.path.basename(settings.weights_path)
+    threads = int(spark.conf.get("spark.task.cpus", "1"))
+    engine, batch_size = settings.engine, settings.batch_size
+
+    def loader():
+        return load_extractor(SparkFiles.get(weights_name), engine, threads)
+
+    extracted = (
+        spark.createDataFrame(items, ITEM_SCHEMA)
+        .repartition(partitions)
+        .mapInPandas(extract_partitions(manifest.source, loader, batch_size), OUTPUT_SCHEMA)
+        .withColumn("batch_id", F.lit(manifest.batch_id))
+        .withColumn("ingested_at", F.lit(ingested_at))
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    began = time.perf_counter()
+    outcomes = extracted.groupBy("reason").agg(
+        F.count("*").alias("rows"),
+        F.sum("fetch_s").alias("fetch_s"),
+        F.sum("decode_s").alias("decode_s"),
+        F.sum("infer_s").alias("infer_s"),
+    ).collect()
+    extract_wall = time.perf_counter() - began
+
+    by_reason = {row.reason: row.rows for row in outcomes if row.reason is not None}
+    new_count = sum(row.rows for row in outcomes if row.reason is None)
+    began = time.perf_counter()
+    feature_files = write_rows(
+        extracted.where(F.col("reason").isNull()).select(
+            "image_key", "label", "etag", "batch_id", "ingested_at", "features"
+        ),
+        new_count, settings.warehouse, layout.FEATURES_TABLE, manifest.batch_id,
+    )
+    quarantine_files = write_rows(
+        extracted.where(F.col("reason").isNotNull()).select(
+            "image_key", "label", "etag", "batch_id", "ingested_at", "reason", "detail"
+        ),
+        sum(by_reason.values()), settings.warehouse, layout.QUARANTINE_TABLE, manifest.batch_id,
+    )
+    store.commit_files(
+        catalog, layout.FEATURES_TABLE, feature_files, manifest.batch_id, replace=manifest.mode == "full"
+    )
+    store.commit_files(catalog, layout.QUARANTINE_TABLE, quarantine_files, manifest.batch_id)
+    write_wall = time.perf_counter() - began
+
+    def task_seconds(name: str) -> float:
+        return round(sum(getattr(row, name) or 0.0 for row in outcomes), 3)
+
+    return extracted.where(F.col("reason").isNull()), {
+        "images": {
+            "new": new_count,
+            "quarantined": sum(by_reason.values()),
+            "quarantined_by_reason": dict(sorted(by_reason.items())),
+        },
+        "seconds": {
+            "fetch_task_s": task_seconds("fetch_s"),
+            "decode_task_s": task_seconds("decode_s"),
+            "inference_task_s": task_seconds("infer_s"),
+            "extract_wall": round(extract_wall, 3),
+            "write_and_commit": round(write_wall, 3),
+        },
+    }
+
+
+def write_rows(frame: DataFrame, rows: int, warehouse: str, table: str, batch_id: str) -> list[str]:
+    """Write to a fresh attempt directory and return the files Spark produced (none for no rows)."""
+    if rows == 0:
+        return []
+    directory = store.attempt_dir(warehouse, table, batch_id)
+    frame.write.parquet(directory)
+    return frame.sparkSession.read.parquet(directory).inputFiles()
+
+
+def apply_pca(spark, catalog, manifest, settings, new_rows, latest) -> dict:
+    """Refit (full mode, or no model yet) or project this batch's rows with the current model."""
+    features_table = store.load_table(catalog, layout.FEATURES_TABLE)
+    if features_table is None:
+        return {"action": "none", "reason": "no features stored yet"}
+    version = current_pca_version(catalog)
+    if manifest.mode == "full" or version is None:
+        return refit(spark, catalog, settings, manifest.batch_id)
+    model = pca.load(store.warehouse_root(settings.warehouse), version)
+    rows = rows_to_project(spark, catalog, manifest, model.version, new_rows, latest)
+    projected = project(rows, model).persist(StorageLevel.MEMORY_AND_DISK)
+    sums = projected.agg(
+        F.count("*").alias("rows"),
+        F.sum("total_sq").alias("total_sq"),
+        F.sum("captured_sq").alias("captured_sq"),
+    ).first()
+    files = write_rows(
+        projected.select("image_key", "etag", "pca_version", "pca", "batch_id"),
+        sums.rows, settings.warehouse, layout.PROJECTIONS_TABLE, manifest.batch_id,
+    )
+    store.commit_files(catalog, layout.PROJECTIONS_TABLE, files, manifest.batch_id)
+    projected.unpersist()
+    total_sq, captured_sq = sums.total_sq or 0.0, sums.captured_sq or 0.0
+    return {
+        "action": "applied",
+        "version": model.version,
+        "k": model.k,
+        "rows_projected": sums.rows,
+        "drift": pca.drift(total_sq, captured_sq, total_sq - captured_sq, sums.rows, model.target,
+                           settings.drift_margin),
+    }
+
+
+def rows_to_project(spark, catalog, manifest, version, new_rows, latest) -> DataFrame:
+    """This batch's new rows, plus stored rows of its keys that a killed earlier run left unprojected."""
+    new_keys = set()
+    frames = []
+    if new_rows is not None:
+        frames.append(new_rows.select("image_key", "etag", "features", "batch_id"))
+        new_keys = {item.key for item in manifest.items if latest.get(item.key) != item.etag}
+    projections = store.load_table(catalog, layout.PROJECTIONS_TABLE)
+    done = set()
+    if projections is not None:
+        stored = store.read_columns(projections, ["image_key", "etag", "pca_version"]).to_pandas()
+        stored = stored[stored["pca_version"] == version]
+        done = set(zip(stored["image_key"], stored["etag"]))
+    missing = {
+        (item.key, latest[item.key]) for item in manifest.items
+        if item.key in latest and item.key not in new_keys and (item.key, latest[item.key]) not in done
+    }
+    if missing:
+        keys = sorted(key for key, _ in missing)
+        frames.append(
+            current_features(spark, catalog).where(F.col("image_key").isin(keys))
+            .select("image_key", "etag", "features", F.lit(manifest.batch_id).alias("batch_id"))
+        )
+    if not frames:
+        return spark.createDataFrame([], "image_key string, etag string, features array<float>, batch_id string")
+    combined = frames[0]
+    for frame in frames[1:]:
+        combined = combined.unionByName(frame)
+    return combined
+
+
+PROJECTION_SCHEMA = (
+    "image_key string, etag string, batch_id string, pca_version string, pca array<float>, "
+    "total_sq double, captured_sq double"
+)
+
+
+def project(rows: DataFrame, model: pca.PcaModel) -> DataFrame:
+    """Projections plus each row's squared norms (centred, and captured) for the drift figures."""
+    shared = rows.sparkSession.sparkContext.broadcast(model)
+
+    def run(frames):
+        model_ = shared.value
+        for frame in frames:
+            if frame.empty:
+                continue
+            x = np.stack(frame["features"].to_numpy()).astype(np.float64)  # (n, d)
+            centred = x - model_.mean  # (n, d)
+            coordinates = centred @ model_.components.T  # (n, k)
+            yield pd.DataFrame(
+                {
+                    "image_key": frame["image_key"],
+                    "etag": frame["etag"],
+                    "batch_id": frame["batch_id"],
+                    "pca_version": model_.version,
+                    "pca": list(coordinates.astype(np.float32)),
+                    "total_sq": (centred ** 2).sum(axis=1),
+                    "captured_sq": (coordinates ** 2).sum(axis=1),
+                }
+            )
+
+    return rows.mapInPandas(run, PROJECTION_SCHEMA)
+
+
+def refit(spark, catalog, settings: JobSettings, batch_id: str = "refit") -> dict:
+    """Fit over every current feature row, project them all, and switch the pointer in one commit."""
+    features = current_features(spark, catalog).persist(StorageLevel.MEMORY_AND_DISK)
+    model = pca.fit(features, settings.variance)
+    warehouse = store.warehouse_root(settings.warehouse)
+    pca.save(model, warehouse)
+    began = time.perf_counter()
+    projected = project(features.withColumn("batch_id", F.lit(batch_id)), model)
+    files = write_rows(
+        projected.select("image_key", "etag", "pca_version", "pca", "batch_id"),
+        model.rows_fitted, settings.warehouse, layout.PROJECTIONS_TABLE, batch_id,
+    )
+    store.commit_files(
+        catalog, layout.PROJECTIONS_TABLE, files, batch_id, replace=True,
+        properties={layout.CURRENT_PCA_PROPERTY: model.version},
+    )
+    features.unpersist()
+    return {
+        "action": "refit",
+        "version": model.version,
+        "k": model.k,
+        "target": model.target,
+        "rows_fitted": model.rows_fitted,
+        "cumulative_at_k": round(float(model.explained_variance_ratio[: model.k].sum()), 6),
+        "fit_seconds": round(model.fit_seconds, 3),
+        "project_and_commit_seconds": round(time.perf_counter() - began, 3),
+    }

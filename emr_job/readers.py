@@ -1,0 +1,68 @@
+"""What readers see: the current row per image, the current PCA version, and the export file."""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from contract import layout
+from emr_job import store
+
+FEATURE_COLUMNS = ("image_key", "label", "etag", "batch_id", "ingested_at", "features")
+
+
+def current_pca_version(catalog) -> str | None:
+    projections = store.load_table(catalog, layout.PROJECTIONS_TABLE)
+    if projections is None:
+        return None
+    return projections.properties.get(layout.CURRENT_PCA_PROPERTY)
+
+
+def current_features(spark: SparkSession, catalog) -> DataFrame:
+    """The latest row per image key (a re-upload with a new etag supersedes the old row)."""
+    files = store.data_files(store.load_table(catalog, layout.FEATURES_TABLE))
+    if not files:
+        return spark.createDataFrame(
+            [], "image_key string, label string, etag string, batch_id string, ingested_at string, "
+            "features array<float>",
+        )
+    rows = spark.read.parquet(*files).select(*FEATURE_COLUMNS)
+    newest_first = Window.partitionBy("image_key").orderBy(F.desc("ingested_at"), F.desc("batch_id"))
+    return rows.withColumn("_rank", F.row_number().over(newest_first)).where("_rank = 1").drop("_rank")
+
+
+def current_projections(spark: SparkSession, catalog) -> DataFrame | None:
+    """Projections under the current PCA version, one row per (image_key, etag)."""
+    version = current_pca_version(catalog)
+    files = store.data_files(store.load_table(catalog, layout.PROJECTIONS_TABLE))
+    if version is None or not files:
+        return None
+    return (
+        spark.read.parquet(*files)
+        .where(F.col("pca_version") == version)
+        .dropDuplicates(["image_key", "etag"])
+        .select("image_key", "etag", "pca", "pca_version")
+    )
+
+
+def export(spark: SparkSession, warehouse: str, out_file: str) -> int:
+    """Write the current store as one Parquet file (written by one Spark task, not the driver)."""
+    catalog = store.open_catalog(warehouse)
+    rows = current_features(spark, catalog).drop("ingested_at")
+    projections = current_projections(spark, catalog)
+    if projections is not None:
+        rows = rows.join(projections, ["image_key", "etag"], "left")
+    out_file = os.path.abspath(out_file)
+    os.makedirs(os.path.dirname(out_file), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(out_file))
+    try:
+        rows.repartition(1).sortWithinPartitions("image_key").write.mode("overwrite").parquet(staging)
+        (part,) = glob.glob(os.path.join(staging, "part-*.parquet"))
+        os.replace(part, out_file)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return spark.read.parquet(out_file).count()

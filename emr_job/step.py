@@ -1,0 +1,51 @@
+"""The EMR step: `spark-submit step.py --manifest URI --warehouse URI --weights URI --variance V`.
+
+The arguments (named in contract.layout.StepArgs) mean the same on EMR, EMR Serverless and locally.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from contract.layout import DEFAULT_VARIANCE_TARGET, StepArgs
+
+
+def parser() -> argparse.ArgumentParser:
+    from emr_job.engines import DEFAULT_ENGINE, ENGINES
+
+    parse = argparse.ArgumentParser(prog="step.py", description="Process one Verger manifest.")
+    parse.add_argument(StepArgs.MANIFEST, required=True, help="s3:// or file:// URI of the manifest JSON")
+    parse.add_argument(StepArgs.WAREHOUSE, required=True, help="warehouse URI (s3://… or a local directory)")
+    parse.add_argument(StepArgs.WEIGHTS, default=None,
+                       help="imagenet, a local .h5 path or an s3:// URI (default: $VERGER_WEIGHTS)")
+    parse.add_argument(StepArgs.VARIANCE, type=float, default=DEFAULT_VARIANCE_TARGET,
+                       help="explained-variance target that chooses k (default %(default)s)")
+    parse.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE, help="inference engine")
+    return parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from contract.manifest import ManifestError, parse_manifest
+    from emr_job import blobs
+    from emr_job.engines_weights import WeightsError
+    from emr_job.job import JobSettings, run_manifest
+    from emr_job.session import get_session
+    from emr_job.weights import resolve_weights
+
+    try:
+        weights = resolve_weights(args.weights)
+        manifest = parse_manifest(blobs.read_bytes(args.manifest))
+    except (ManifestError, WeightsError, OSError) as error:
+        print(f"verger step: {error}", file=sys.stderr)
+        return 2
+    settings = JobSettings(warehouse=args.warehouse, weights_path=weights, variance=args.variance,
+                           engine=args.engine)
+    report = run_manifest(get_session(f"verger-{manifest.batch_id}"), manifest, settings)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

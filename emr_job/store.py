@@ -1,0 +1,141 @@
+"""The warehouse's tables, committed through Apache Iceberg (pyiceberg).
+
+Spark writes each batch's Parquet files to a fresh attempt directory that no reader looks at; the
+batch becomes visible only when pyiceberg registers those files in one catalog commit (`add_files`).
+A job killed before that leaves orphan files and no partial batch; a concurrent commit makes
+pyiceberg raise `CommitFailedException`, and we reload and retry. Locally the catalog is a SQLite
+file in the warehouse; on AWS it comes from pyiceberg's own configuration (Glue, set in the
+template's spark-env), so the step arguments stay the same everywhere.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Iterable
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from contract import layout
+from emr_job.blobs import local_path
+
+COMMIT_ATTEMPTS = 5
+
+
+def is_local(warehouse: str) -> bool:
+    return urlparse(warehouse).scheme in ("", "file")
+
+
+def warehouse_root(warehouse: str) -> str:
+    """Absolute local directory, or the URI unchanged for object stores."""
+    if is_local(warehouse):
+        return os.path.abspath(local_path(warehouse))
+    return warehouse.rstrip("/")
+
+
+def open_catalog(warehouse: str):
+    from pyiceberg.catalog import load_catalog
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    root = warehouse_root(warehouse)
+    if is_local(warehouse):
+        os.makedirs(root, exist_ok=True)
+        catalog = SqlCatalog(
+            layout.CATALOG_NAME,
+            uri=f"sqlite:///{os.path.join(root, layout.LOCAL_CATALOG_FILE)}",
+            warehouse=f"file://{root}",
+        )
+    else:
+        catalog = load_catalog(layout.CATALOG_NAME, warehouse=root)
+    catalog.create_namespace_if_not_exists(layout.NAMESPACE)
+    return catalog
+
+
+def table_id(name: str) -> str:
+    return f"{layout.NAMESPACE}.{name}"
+
+
+def load_table(catalog, name: str):
+    """The table, or None before its first commit."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        return catalog.load_table(table_id(name))
+    except NoSuchTableError:
+        return None
+
+
+def attempt_dir(warehouse: str, table: str, batch_id: str) -> str:
+    """A directory no other attempt writes to, so a retry never overwrites committed files."""
+    return layout.warehouse_path(
+        warehouse_root(warehouse), table, layout.DATA_DIR, f"batch_id={batch_id}", uuid.uuid4().hex
+    )
+
+
+def iceberg_path(spark_path: str) -> str:
+    """Hadoop prints local files as `file:/x`; pyiceberg wants `file:///x`."""
+    if spark_path.startswith("file:/") and not spark_path.startswith("file:///"):
+        return "file:///" + spark_path[len("file:/"):].lstrip("/")
+    return spark_path
+
+
+def data_files(table) -> list[str]:
+    """Paths of the table's live data files, for `spark.read.parquet`."""
+    if table is None:
+        return []
+    return [task.file.file_path for task in table.scan().plan_files()]
+
+
+def read_columns(table, columns: Iterable[str]) -> pa.Table:
+    """Only the named columns of every live row (cheap: Parquet reads just those columns)."""
+    return table.scan(selected_fields=tuple(columns)).to_arrow()
+
+
+def commit_files(
+    catalog,
+    name: str,
+    files: list[str],
+    batch_id: str,
+    replace: bool = False,
+    properties: dict[str, str] | None = None,
+) -> None:
+    """Register Parquet files in one atomic commit; `replace` drops every live row in the same commit."""
+    from pyiceberg.exceptions import CommitFailedException
+    from pyiceberg.expressions import AlwaysTrue
+
+    files = [iceberg_path(path) for path in files]
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        table = load_table(catalog, name)
+        if table is None and files:
+            table = catalog.create_table_if_not_exists(table_id(name), schema=file_schema(files[0]))
+        if table is None:
+            return
+        try:
+            with table.transaction() as transaction:
+                if replace and table.current_snapshot() is not None:
+                    transaction.delete(AlwaysTrue())
+                if files:
+                    transaction.add_files(
+                        file_paths=files, snapshot_properties={"verger.batch-id": batch_id}
+                    )
+                if properties:
+                    transaction.set_properties(properties)
+            return
+        except CommitFailedException:
+            if attempt == COMMIT_ATTEMPTS:
+                raise
+            time.sleep(0.2 * attempt)
+
+
+def file_schema(path: str) -> pa.Schema:
+    """The Arrow schema Spark wrote, without Spark's metadata, to create the table from."""
+    if path.startswith("file://"):
+        schema = pq.read_schema(local_path(path))
+    else:
+        from pyarrow import fs
+
+        filesystem, inner = fs.FileSystem.from_uri(path)
+        schema = pq.read_schema(inner, filesystem=filesystem)
+    return schema.remove_metadata()

@@ -1,0 +1,27 @@
+"""The `verger` command: one entry point for the job's commands and the one-machine tools."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from emr_job.cli import add_commands
+
+    parser = argparse.ArgumentParser(prog="verger", description=__doc__)
+    subparsers = parser.add_subparsers(required=True, metavar="COMMAND")
+    add_commands(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.command(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"verger: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
