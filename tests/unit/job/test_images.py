@@ -1,0 +1,89 @@
+"""Decode and validate: convert what can be RGB, quarantine the rest with a specific reason."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emr_job.images import MAX_PIXELS, Reason, Rejected, decode_rgb, preprocess
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def jpeg_bytes() -> bytes:
+    rng = np.random.default_rng(0)
+    return encode(Image.fromarray(rng.integers(0, 255, (100, 100, 3), dtype=np.uint8)), "JPEG")
+
+
+def test_preprocess_is_bicubic_resize_then_scale_to_minus_one_one():
+    # GIVEN a real-looking RGB JPEG
+    content = jpeg_bytes()
+    # WHEN preprocessed THEN it equals the contract's formula exactly
+    expected = np.asarray(
+        Image.open(io.BytesIO(content)).convert("RGB").resize((224, 224), Image.BICUBIC), np.float32
+    ) / 127.5 - 1
+    np.testing.assert_array_equal(preprocess(content), expected)
+
+
+@pytest.mark.parametrize(
+    ("image", "fmt", "expected_pixel"),
+    [
+        (Image.new("L", (8, 8), 200), "PNG", (200, 200, 200)),
+        (Image.new("RGBA", (8, 8), (255, 0, 0, 0)), "PNG", (255, 255, 255)),  # transparent → white
+        (Image.new("RGBA", (8, 8), (255, 0, 0, 255)), "PNG", (255, 0, 0)),
+        (Image.new("LA", (8, 8), (0, 0)), "PNG", (255, 255, 255)),
+        (Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG", None),
+        (Image.new("I;16", (8, 8), 65535), "PNG", (255, 255, 255)),
+        (Image.new("P", (8, 8), 3), "PNG", None),
+        (Image.new("RGB", (8, 8), (1, 2, 3)), "BMP", (1, 2, 3)),
+    ],
+    ids=["grayscale", "rgba-transparent", "rgba-opaque", "la", "cmyk", "16-bit", "palette", "bmp"],
+)
+def test_convertible_modes_become_rgb(image, fmt, expected_pixel):
+    decoded = decode_rgb(encode(image, fmt))
+    assert not isinstance(decoded, Rejected), decoded
+    assert decoded.mode == "RGB"
+    if expected_pixel is not None:
+        assert decoded.getpixel((4, 4)) == expected_pixel
+
+
+def test_palette_with_transparency_is_composited_on_white():
+    image = Image.new("P", (8, 8), 0)
+    image.putpalette([10, 20, 30] * 256)
+    decoded = decode_rgb(encode(image, "PNG", transparency=0))
+    assert decoded.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_zero_bytes_are_quarantined_as_empty():
+    assert preprocess(b"").reason == Reason.EMPTY
+
+
+def test_text_is_quarantined_as_not_an_image():
+    rejected = preprocess(b"hello, this is not a photo")
+    assert rejected.reason == Reason.NOT_AN_IMAGE
+    assert "hello" in rejected.detail
+
+
+def test_truncated_jpeg_is_quarantined_as_truncated():
+    content = jpeg_bytes()
+    assert preprocess(content[: len(content) // 2]).reason == Reason.TRUNCATED
+
+
+def test_corrupt_png_is_quarantined_as_truncated():
+    content = bytearray(encode(Image.new("RGB", (64, 64), (9, 9, 9)), "PNG"))
+    content[60:80] = b"\x00" * 20  # inside the image data chunk
+    assert preprocess(bytes(content)).reason == Reason.TRUNCATED
+
+
+def test_decompression_bomb_is_quarantined_before_decoding():
+    # GIVEN a tiny PNG whose header claims more pixels than the limit
+    side = int(MAX_PIXELS ** 0.5) + 1
+    content = encode(Image.new("1", (side, side)), "PNG")
+    # THEN it is refused with the pixel count, not decoded
+    rejected = preprocess(content)
+    assert rejected.reason == Reason.TOO_MANY_PIXELS
+    assert f"{side}x{side}" in rejected.detail or "pixels" in rejected.detail

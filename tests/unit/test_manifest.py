@@ -1,0 +1,60 @@
+"""The manifest contract: content-derived ids and validation that names the problem."""
+import json
+
+import pytest
+
+from contract.manifest import ManifestError, ManifestItem, build_manifest, parse_manifest
+
+
+def items(*pairs):
+    return [ManifestItem(key, etag) for key, etag in pairs]
+
+
+def test_batch_id_is_the_same_for_the_same_content_in_any_order_and_time():
+    # GIVEN the same images listed in two orders
+    first = build_manifest("incremental", "s3://b", items(("raw/A/1.jpg", "e1"), ("raw/B/2.jpg", "e2")))
+    second = build_manifest("incremental", "s3://b", items(("raw/B/2.jpg", "e2"), ("raw/A/1.jpg", "e1")))
+    # THEN the ids match, and a changed etag gives another id
+    assert first.batch_id == second.batch_id
+    changed = build_manifest("incremental", "s3://b", items(("raw/A/1.jpg", "e9"), ("raw/B/2.jpg", "e2")))
+    assert changed.batch_id != first.batch_id
+
+
+def test_round_trip_keeps_decoded_keys_with_spaces_and_unicode():
+    manifest = build_manifest("full", "s3://b", items(("raw/Apple Red 1/pomme é.jpg", "e")))
+    parsed = parse_manifest(manifest.to_json())
+    assert parsed == manifest
+    assert parsed.items[0].key == "raw/Apple Red 1/pomme é.jpg"
+    assert parsed.bucket == "b"
+
+
+def test_duplicate_keys_in_one_batch_keep_the_last_version():
+    manifest = build_manifest("incremental", "s3://b", items(("raw/A/1.jpg", "old"), ("raw/A/1.jpg", "new")))
+    assert [(item.key, item.etag) for item in manifest.items] == [("raw/A/1.jpg", "new")]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda body: body.update(version=7), "unknown manifest version 7"),
+        (lambda body: body.pop("items"), "missing the field 'items'"),
+        (lambda body: body.pop("batch_id"), "missing the field 'batch_id'"),
+        (lambda body: body.update(source="http://b"), "bad source URI 'http://b'"),
+        (lambda body: body.update(source="s3://"), "no bucket"),
+        (lambda body: body.update(source="s3://b/raw"), "must be a bucket"),
+        (lambda body: body.update(mode="sometimes"), "unknown mode 'sometimes'"),
+        (lambda body: body["items"].append({"key": "raw/A/x.jpg"}), "item 1 needs a non-empty 'key' and 'etag'"),
+    ],
+)
+def test_invalid_manifest_is_refused_with_the_reason(change, message):
+    # GIVEN a valid manifest with one thing broken
+    body = json.loads(build_manifest("incremental", "s3://b", items(("raw/A/1.jpg", "e"))).to_json())
+    change(body)
+    # WHEN it is parsed THEN the error names what is wrong
+    with pytest.raises(ManifestError, match=message):
+        parse_manifest(json.dumps(body))
+
+
+def test_text_that_is_not_json_is_refused():
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        parse_manifest(b"{not json")
