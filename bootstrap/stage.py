@@ -1,0 +1,153 @@
+"""Stage what the cluster needs in the bucket: the job wheel, its entry script, the bootstrap
+action with its lock, and the model weights with their checksum.
+
+    python -m bootstrap.stage --bucket BUCKET [--weights PATH] [--region eu-west-3]
+
+Run it after `sam deploy` and again after every change to `emr_job/`, `contract/` or
+`pyproject.toml`; nodes of a running cluster keep the wheel they bootstrapped with, while
+`code/step.py` is read afresh by every step.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from bootstrap.locks import JOB_LOCK, REPO_ROOT
+
+CODE_PREFIX = "code/"
+MODELS_PREFIX = "models/"
+STEP_KEY = f"{CODE_PREFIX}step.py"
+BOOTSTRAP_SCRIPT = Path(__file__).resolve().parent / "emr_bootstrap.sh"
+BOOTSTRAP_KEY = f"{CODE_PREFIX}{BOOTSTRAP_SCRIPT.name}"
+LOCK_KEY = f"{CODE_PREFIX}{JOB_LOCK.filename}"
+WHEEL_GLOB_PREFIX = f"{CODE_PREFIX}verger-"
+# The key template.yaml passes to the job as VERGER_WEIGHTS_URI, whatever the local file is called.
+WEIGHTS_KEY = f"{MODELS_PREFIX}mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+CHECKSUM_METADATA = "sha256"
+
+
+class StageError(RuntimeError):
+    """Something to stage is missing or could not be built; the message names it."""
+
+
+@dataclass(frozen=True)
+class Staged:
+    """One uploaded object: its S3 URI and the sha256 of its content."""
+
+    uri: str
+    sha256: str
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_wheel(project: Path, out_dir: Path, isolated: bool = True) -> Path:
+    """Build the project's wheel (no dependencies: the lock carries them) and return its path."""
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out_dir)]
+    if not isolated:
+        command.append("--no-build-isolation")
+    result = subprocess.run([*command, str(project)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StageError(f"building the wheel of {project} failed:\n{result.stderr.strip()}")
+    wheels = sorted(out_dir.glob("verger-*.whl"))
+    if len(wheels) != 1:
+        raise StageError(f"expected one verger-*.whl from {project}, got {[w.name for w in wheels]}")
+    return wheels[0]
+
+
+def upload(s3, bucket: str, path: Path, key: str, content_type: str | None = None) -> Staged:
+    """Upload with the content's sha256 as object metadata, so a node can verify what it fetched."""
+    checksum = sha256_of(path)
+    extra = {"Metadata": {CHECKSUM_METADATA: checksum}}
+    if content_type:
+        extra["ContentType"] = content_type
+    s3.upload_file(str(path), bucket, key, ExtraArgs=extra)
+    return Staged(uri=f"s3://{bucket}/{key}", sha256=checksum)
+
+
+def remove_stale_wheels(s3, bucket: str, keep_key: str) -> list[str]:
+    """Delete other verger wheels under code/: the bootstrap action insists on exactly one."""
+    stale = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=WHEEL_GLOB_PREFIX):
+        stale += [o["Key"] for o in page.get("Contents", []) if o["Key"] != keep_key and o["Key"].endswith(".whl")]
+    for key in stale:
+        s3.delete_object(Bucket=bucket, Key=key)
+    return stale
+
+
+def stage_code(s3, bucket: str, project: Path = REPO_ROOT, isolated: bool = True) -> list[Staged]:
+    """Upload the wheel, `emr_job/step.py`, the bootstrap action and the job lock under code/."""
+    step = project / "emr_job" / "step.py"
+    if not step.is_file():
+        raise StageError(f"{step} not found: it is the entry script every step runs")
+    lock = project / "bootstrap" / JOB_LOCK.filename
+    if not lock.is_file():
+        raise StageError(f"{lock} not found: run python -m bootstrap.locks")
+    with tempfile.TemporaryDirectory() as scratch:
+        wheel = build_wheel(project, Path(scratch), isolated=isolated)
+        wheel_key = f"{CODE_PREFIX}{wheel.name}"
+        staged = [upload(s3, bucket, wheel, wheel_key)]
+    remove_stale_wheels(s3, bucket, keep_key=wheel_key)
+    staged.append(upload(s3, bucket, step, STEP_KEY, "text/x-python"))
+    staged.append(upload(s3, bucket, project / "bootstrap" / BOOTSTRAP_SCRIPT.name, BOOTSTRAP_KEY, "text/x-shellscript"))
+    staged.append(upload(s3, bucket, lock, LOCK_KEY, "text/plain"))
+    return staged
+
+
+def stage_weights(s3, bucket: str, weights: Path) -> list[Staged]:
+    """Upload the weights to the key the stack names, with their sha256 as metadata and as a
+    `sha256sum`-format `.sha256` file beside them."""
+    if not weights.is_file():
+        raise StageError(f"weights file {weights} not found")
+    staged = upload(s3, bucket, weights, WEIGHTS_KEY, "application/x-hdf5")
+    checksum_key = f"{WEIGHTS_KEY}.sha256"
+    s3.put_object(
+        Bucket=bucket,
+        Key=checksum_key,
+        Body=f"{staged.sha256}  {Path(WEIGHTS_KEY).name}\n".encode(),
+        ContentType="text/plain",
+    )
+    return [staged, Staged(uri=f"s3://{bucket}/{checksum_key}", sha256=staged.sha256)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bootstrap.stage", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bucket", required=True, help="the stack's bucket (output BucketName)")
+    parser.add_argument("--weights", type=Path, help="MobileNetV2 no-top .h5 weights to upload under models/")
+    parser.add_argument("--region", help="AWS region (default: the AWS CLI/SDK configuration)")
+    parser.add_argument(
+        "--no-build-isolation", action="store_true",
+        help="build the wheel with the current environment's setuptools (offline builds)",
+    )
+    args = parser.parse_args(argv)
+    s3 = boto3.client("s3", region_name=args.region)
+    try:
+        staged = stage_code(s3, args.bucket, isolated=not args.no_build_isolation)
+        if args.weights:
+            staged += stage_weights(s3, args.bucket, args.weights)
+    except StageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (ClientError, BotoCoreError) as error:
+        print(f"error: cannot stage into s3://{args.bucket}: {error}", file=sys.stderr)
+        return 1
+    for item in staged:
+        print(f"{item.uri}  sha256={item.sha256}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

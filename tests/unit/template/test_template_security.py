@@ -1,0 +1,418 @@
+"""Security and wiring properties of template.yaml, one per test, read from the parsed template."""
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from bootstrap import stage
+from contract import layout
+
+REPO = Path(__file__).resolve().parents[3]
+IMAGE_SUFFIX_VARIANTS = {s for suffix in layout.IMAGE_SUFFIXES for s in (suffix, suffix.upper())}
+# Actions AWS offers no resource-level permission for; the only ones allowed on Resource '*'.
+ACTIONS_WITHOUT_RESOURCE_PERMISSIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+
+
+# ---------------------------------------------------------------- helpers
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def text(value) -> str:
+    """A Sub/Ref/plain value as one string (`${Name}` for references), to compare ARNs."""
+    if isinstance(value, str):
+        return value
+    if "Fn::Sub" in value:
+        return text(as_list(value["Fn::Sub"])[0])
+    if "Ref" in value:
+        return "${" + value["Ref"] + "}"
+    if "Fn::GetAtt" in value:
+        return "${" + ".".join(value["Fn::GetAtt"]) + "}"
+    raise AssertionError(f"cannot render {value!r}")
+
+
+def statements(document: dict) -> list[dict]:
+    """Every statement, with both branches of conditional (Fn::If) statements."""
+    found = []
+    for statement in as_list(document["Statement"]):
+        if "Fn::If" in statement:
+            found += [b for b in statement["Fn::If"][1:] if b != {"Ref": "AWS::NoValue"}]
+        else:
+            found.append(statement)
+    return found
+
+
+def policy_documents(resources: dict) -> dict[str, list[dict]]:
+    """Statements per IAM role, managed policy, bucket policy and queue policy."""
+    documents = {}
+    for name, resource in resources.items():
+        props = resource.get("Properties", {})
+        if resource["Type"] == "AWS::IAM::Role":
+            documents[name] = [s for p in props.get("Policies", []) for s in statements(p["PolicyDocument"])]
+        elif resource["Type"] in ("AWS::IAM::ManagedPolicy", "AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy"):
+            documents[name] = statements(props["PolicyDocument"])
+    return documents
+
+
+def allowed(statements_: list[dict], action: str) -> list[dict]:
+    return [s for s in statements_ if s["Effect"] == "Allow" and action in as_list(s["Action"])]
+
+
+def resources_of(statements_: list[dict]) -> set[str]:
+    return {text(r) for s in statements_ for r in as_list(s["Resource"])}
+
+
+def bucket_arn(suffix: str = "") -> str:
+    return "arn:${AWS::Partition}:s3:::${BucketName}" + suffix
+
+
+@pytest.fixture(scope="module")
+def bucket(resources):
+    return resources["Bucket"]["Properties"]
+
+
+@pytest.fixture(scope="module")
+def trigger(resources):
+    return resources["TriggerFunction"]["Properties"]
+
+
+@pytest.fixture(scope="module")
+def lambda_statements(resources):
+    return policy_documents(resources)["TriggerRole"]
+
+
+@pytest.fixture(scope="module")
+def job_statements(resources):
+    return policy_documents(resources)["JobDataAccessPolicy"]
+
+
+# ---------------------------------------------------------------- bucket
+def test_bucket_encrypts_every_object_by_default(bucket):
+    # GIVEN the bucket's encryption configuration
+    rules = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    # THEN a default server-side encryption algorithm is set
+    assert [r["ServerSideEncryptionByDefault"]["SSEAlgorithm"] for r in rules] == ["AES256"]
+
+
+def test_bucket_blocks_all_four_kinds_of_public_access(bucket):
+    # GIVEN the public access block  THEN all four switches are on
+    assert bucket["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True,
+    }
+
+
+def test_bucket_policy_denies_every_request_without_tls(resources):
+    # GIVEN the bucket policy
+    denials = [s for s in policy_documents(resources)["BucketPolicy"] if s["Effect"] == "Deny"]
+    # THEN one statement denies all S3 actions, on the bucket and its objects, to anyone without TLS
+    assert any(
+        s["Principal"] == "*" and s["Action"] == "s3:*"
+        and resources_of([s]) == {bucket_arn(), bucket_arn("/*")}
+        and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        for s in denials
+    )
+
+
+def test_manifests_expire_after_the_retention_parameter(bucket):
+    # GIVEN the lifecycle rules
+    rules = {r.get("Prefix"): r for r in bucket["LifecycleConfiguration"]["Rules"]}
+    # THEN manifests/ expires after the ManifestRetentionDays parameter
+    assert rules[layout.MANIFEST_PREFIX]["ExpirationInDays"] == {"Ref": "ManifestRetentionDays"}
+    assert rules[layout.MANIFEST_PREFIX]["Status"] == "Enabled"
+
+
+def test_no_lifecycle_rule_expires_the_warehouse_where_iceberg_keeps_the_quarantine(bucket):
+    # GIVEN the lifecycle rules that expire objects
+    expiring = [r for r in bucket["LifecycleConfiguration"]["Rules"] if "ExpirationInDays" in r]
+    # THEN none covers warehouse/: expiring files that Iceberg snapshots reference breaks the tables
+    assert expiring and all(r.get("Prefix") and not "warehouse/".startswith(r["Prefix"]) for r in expiring)
+
+
+def test_versioning_is_a_parameter_and_off_by_default(template, bucket):
+    # GIVEN the versioning configuration  THEN it depends on EnableVersioning, which defaults to false
+    assert bucket["VersioningConfiguration"]["Fn::If"][0] == "Versioned"
+    assert template["Conditions"]["Versioned"] == {"Fn::Equals": [{"Ref": "EnableVersioning"}, "true"]}
+    assert template["Parameters"]["EnableVersioning"]["Default"] == "false"
+
+
+# ---------------------------------------------------------------- notifications and queue
+def test_every_image_suffix_under_raw_and_inbox_notifies_the_queue(bucket):
+    # GIVEN the bucket's queue notifications
+    configs = bucket["NotificationConfiguration"]["QueueConfigurations"]
+    filters = set()
+    for config in configs:
+        rules = {r["Name"]: r["Value"] for r in config["Filter"]["S3Key"]["Rules"]}
+        filters.add((rules["prefix"], rules["suffix"]))
+    # THEN each (prefix, suffix) pair the trigger accepts has its own rule, both cases, no others
+    expected = {(p, s) for p in (layout.RAW_PREFIX, layout.INBOX_PREFIX) for s in IMAGE_SUFFIX_VARIANTS}
+    assert filters == expected
+    assert len(configs) == len(expected)
+
+
+def test_notifications_are_object_created_events_to_the_upload_queue(bucket):
+    configs = bucket["NotificationConfiguration"]["QueueConfigurations"]
+    # THEN every rule sends ObjectCreated events to the upload queue
+    assert {c["Event"] for c in configs} == {"s3:ObjectCreated:*"}
+    assert {tuple(c["Queue"]["Fn::GetAtt"]) for c in configs} == {("UploadQueue", "Arn")}
+
+
+def test_bucket_waits_for_the_queue_policy_that_admits_it(resources):
+    # THEN the bucket is created after the queue policy (S3 checks it when saving notifications)
+    assert "UploadQueuePolicy" in as_list(resources["Bucket"]["DependsOn"])
+
+
+def test_queue_policy_admits_only_this_bucket_from_this_account(resources):
+    # GIVEN the queue policy's Allow statements
+    allows = [s for s in policy_documents(resources)["UploadQueuePolicy"] if s["Effect"] == "Allow"]
+    # THEN only S3 may send, only from this bucket (ARN built from the name) and this account
+    assert len(allows) == 1
+    (statement,) = allows
+    assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert statement["Action"] == "sqs:SendMessage"
+    assert text(statement["Condition"]["ArnEquals"]["aws:SourceArn"]) == bucket_arn()
+    assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+
+
+def test_failing_records_reach_the_dead_letter_queue_after_a_few_receives(resources):
+    redrive = resources["UploadQueue"]["Properties"]["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["UploadDeadLetterQueue", "Arn"]}
+    assert 1 <= redrive["maxReceiveCount"] <= 5
+
+
+def test_visibility_timeout_covers_six_function_timeouts_plus_the_longest_batching_window(template, resources, trigger):
+    # GIVEN the function timeout and the largest allowed batching window
+    longest_window = template["Parameters"]["BatchingWindowSeconds"]["MaxValue"]
+    visibility = resources["UploadQueue"]["Properties"]["VisibilityTimeout"]
+    # THEN a message stays invisible for the whole time an invocation may hold it (AWS's advice)
+    assert visibility >= 6 * trigger["Timeout"] + longest_window
+
+
+def test_queues_are_encrypted_at_rest(resources):
+    assert resources["UploadQueue"]["Properties"]["SqsManagedSseEnabled"] is True
+    assert resources["UploadDeadLetterQueue"]["Properties"]["SqsManagedSseEnabled"] is True
+
+
+# ---------------------------------------------------------------- the trigger function
+def test_function_runs_the_agreed_handler_on_a_current_python(template, trigger):
+    assert trigger["Handler"] == "functions.app.handler"
+    assert template["Globals"]["Function"]["Runtime"] in {"python3.12", "python3.13"}
+
+
+def test_function_package_holds_only_functions_and_contract(trigger, resources):
+    # GIVEN the makefile build the template selects
+    assert resources["TriggerFunction"]["Metadata"]["BuildMethod"] == "makefile"
+    makefile = (REPO / trigger["CodeUri"] / "Makefile").read_text()
+    # THEN its copy line names exactly the two packages, and dependencies come from the Lambda lock
+    copies = [line.split() for line in makefile.splitlines() if line.strip().startswith("cp ")]
+    assert [[w.strip('"') for w in c[2:-1]] for c in copies] == [
+        ["$(REPO_ROOT)/functions", "$(REPO_ROOT)/contract"]
+    ]
+    assert "bootstrap/requirements-lambda.txt" in makefile
+
+
+def test_function_environment_sets_every_variable_the_trigger_reads(template, trigger):
+    names = set(trigger["Environment"]["Variables"]) | set(template["Globals"]["Function"]["Environment"]["Variables"])
+    assert names == {
+        "VERGER_BUCKET", "VERGER_LAUNCHER", "VERGER_EMR_CLUSTER_ID", "VERGER_EMR_APPLICATION_ID",
+        "VERGER_EMR_JOB_ROLE_ARN", "VERGER_JOB_ENTRYPOINT", "VERGER_WAREHOUSE_URI", "VERGER_WEIGHTS_URI",
+        "VERGER_VARIANCE_TARGET", "VERGER_MAX_IMAGES_PER_MANIFEST",
+        "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL",
+    }
+
+
+def test_environment_points_at_what_the_staging_command_uploads(template, trigger):
+    env = trigger["Environment"]["Variables"]
+    assert text(env["VERGER_JOB_ENTRYPOINT"]) == f"s3://${{BucketName}}/{stage.STEP_KEY}"
+    assert text(env["VERGER_WEIGHTS_URI"]) == f"s3://${{BucketName}}/{stage.WEIGHTS_KEY}"
+    assert text(env["VERGER_WAREHOUSE_URI"]) == "s3://${BucketName}/warehouse"
+
+
+def test_launcher_and_variance_come_from_parameters_with_agreed_defaults(template, trigger):
+    env = trigger["Environment"]["Variables"]
+    assert env["VERGER_LAUNCHER"] == {"Ref": "Launcher"}
+    assert template["Parameters"]["Launcher"]["Default"] == "emr"
+    assert env["VERGER_VARIANCE_TARGET"] == {"Ref": "VarianceTarget"}
+    assert float(template["Parameters"]["VarianceTarget"]["Default"]) == layout.DEFAULT_VARIANCE_TARGET
+    assert template["Parameters"]["MaxImagesPerManifest"]["Default"] == 5000
+
+
+def test_queue_events_report_batch_item_failures_with_a_window_parameter(trigger):
+    (event,) = trigger["Events"].values()
+    props = event["Properties"]
+    assert event["Type"] == "SQS"
+    assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert props["MaximumBatchingWindowInSeconds"] == {"Ref": "BatchingWindowSeconds"}
+    assert 1 <= props["BatchSize"] <= 10000
+
+
+# ---------------------------------------------------------------- IAM, everywhere
+def test_no_statement_allows_every_action(resources):
+    for owner, found in policy_documents(resources).items():
+        for statement in found:
+            if statement["Effect"] == "Allow":
+                wide = [a for a in as_list(statement["Action"]) if a == "*" or a.endswith(":*")]
+                assert not wide, f"{owner} allows {wide}"
+
+
+def test_wildcard_resources_only_for_actions_without_resource_permissions(resources):
+    for owner, found in policy_documents(resources).items():
+        for statement in found:
+            if statement["Effect"] == "Allow" and "*" in as_list(statement["Resource"]):
+                assert set(as_list(statement["Action"])) <= ACTIONS_WITHOUT_RESOURCE_PERMISSIONS, owner
+
+
+def test_function_uses_its_own_role_so_sam_adds_no_broad_managed_policy(trigger, resources):
+    assert trigger["Role"] == {"Fn::GetAtt": ["TriggerRole", "Arn"]}
+    assert "Policies" not in trigger
+    assert "ManagedPolicyArns" not in resources["TriggerRole"]["Properties"]
+
+
+def test_lambda_reads_only_raw_and_inbox(lambda_statements):
+    assert resources_of(allowed(lambda_statements, "s3:GetObject")) == {bucket_arn("/raw/*"), bucket_arn("/inbox/*")}
+
+
+def test_lambda_writes_only_manifests(lambda_statements):
+    writes = [s for s in lambda_statements if s["Effect"] == "Allow"
+              and any(a.startswith("s3:") and a != "s3:GetObject" and a != "s3:ListBucket" for a in as_list(s["Action"]))]
+    assert {a for s in writes for a in as_list(s["Action"])} == {"s3:PutObject"}
+    assert resources_of(writes) == {bucket_arn("/manifests/*")}
+
+
+def test_lambda_lists_the_bucket_only_under_raw_and_inbox(lambda_statements):
+    (listing,) = allowed(lambda_statements, "s3:ListBucket")
+    assert resources_of([listing]) == {bucket_arn()}
+    assert sorted(listing["Condition"]["StringLike"]["s3:prefix"]) == ["inbox/*", "raw/*"]
+
+
+def test_lambda_adds_and_lists_steps_only_on_its_cluster(lambda_statements):
+    step_statements = [s for s in lambda_statements
+                       if any(a.startswith("elasticmapreduce:") for a in as_list(s["Action"]))]
+    assert {a for s in step_statements for a in as_list(s["Action"])} >= {"elasticmapreduce:AddJobFlowSteps"}
+    assert resources_of(step_statements) == {
+        "arn:${AWS::Partition}:elasticmapreduce:${AWS::Region}:${AWS::AccountId}:cluster/${Id}"
+    }
+
+
+def test_lambda_starts_job_runs_only_on_its_serverless_application(lambda_statements):
+    (runs,) = allowed(lambda_statements, "emr-serverless:StartJobRun")
+    app = "arn:${AWS::Partition}:emr-serverless:${AWS::Region}:${AWS::AccountId}:/applications/${ServerlessApplication}"
+    assert resources_of([runs]) == {app, app + "/jobruns/*"}
+
+
+def test_lambda_passes_only_the_job_role_and_only_to_emr_serverless(lambda_statements):
+    (pass_role,) = allowed(lambda_statements, "iam:PassRole")
+    assert resources_of([pass_role]) == {"${ServerlessJobRole.Arn}"}
+    assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "emr-serverless.amazonaws.com"}}
+
+
+def test_job_reads_its_inputs_and_writes_only_warehouse_and_suggestions(job_statements):
+    writes = [s for s in job_statements if s["Effect"] == "Allow"
+              and {"s3:PutObject", "s3:DeleteObject"} & set(as_list(s["Action"]))]
+    assert resources_of(writes) == {bucket_arn("/warehouse/*"), bucket_arn("/suggestions/*")}
+    reads = resources_of(allowed(job_statements, "s3:GetObject"))
+    assert {bucket_arn(f"/{p}*") for p in ("raw/", "inbox/", "manifests/", "code/", "models/")} <= reads
+
+
+def test_job_lists_the_bucket_only_with_a_prefix_condition(job_statements):
+    (listing,) = allowed(job_statements, "s3:ListBucket")
+    prefixes = listing["Condition"]["StringLike"]["s3:prefix"]
+    assert prefixes and all(p.split("/")[0] in {"raw", "inbox", "manifests", "code", "models", "warehouse", "suggestions"} for p in prefixes)
+
+
+def test_job_glue_access_is_limited_to_the_verger_database(resources, job_statements):
+    database = resources["GlueDatabase"]["Properties"]["DatabaseInput"]
+    assert database["Name"] == layout.NAMESPACE
+    glue = [s for s in job_statements if any(a.startswith("glue:") for a in as_list(s["Action"]))]
+    prefix = "arn:${AWS::Partition}:glue:${AWS::Region}:${AWS::AccountId}:"
+    assert resources_of(glue) == {prefix + "catalog", prefix + "database/${GlueDatabase}", prefix + "table/${GlueDatabase}/*"}
+    assert not {a for s in glue for a in as_list(s["Action"])} & {"glue:DeleteDatabase", "glue:DeleteTable"}
+
+
+def test_emr_service_role_passes_only_the_instance_role_to_ec2(resources):
+    (pass_role,) = allowed(policy_documents(resources)["EmrServiceRole"], "iam:PassRole")
+    assert resources_of([pass_role]) == {"${EmrInstanceRole.Arn}"}
+    assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+
+
+def test_cluster_nodes_get_the_job_policy_and_may_only_add_logs(resources):
+    role = resources["EmrInstanceRole"]["Properties"]
+    assert role["ManagedPolicyArns"] == [{"Ref": "JobDataAccessPolicy"}]
+    extra = policy_documents(resources)["EmrInstanceRole"]
+    assert resources_of(extra) == {bucket_arn("/logs/emr/*")}
+    assert {a for s in extra for a in as_list(s["Action"])} == {"s3:PutObject"}
+
+
+# ---------------------------------------------------------------- EMR
+def test_cluster_defaults_match_the_original_deployment(template, resources):
+    params = template["Parameters"]
+    instances = resources["Cluster"]["Properties"]["Instances"]
+    assert instances["MasterInstanceGroup"]["InstanceCount"] == 1
+    assert instances["CoreInstanceGroup"]["InstanceCount"] == {"Ref": "CoreInstanceCount"}
+    assert params["CoreInstanceCount"]["Default"] == 2
+    assert params["CoreInstanceType"]["Default"] == "m5.xlarge"
+    assert re.fullmatch(r"emr-7\.\d+\.\d+", params["EmrReleaseLabel"]["Default"])
+
+
+def test_cluster_terminates_itself_when_idle_and_spot_is_optional(template, resources):
+    cluster = resources["Cluster"]["Properties"]
+    assert cluster["AutoTerminationPolicy"] == {"IdleTimeout": {"Ref": "IdleTimeoutSeconds"}}
+    assert cluster["Instances"]["CoreInstanceGroup"]["Market"] == {"Fn::If": ["CoreOnSpot", "SPOT", "ON_DEMAND"]}
+    assert template["Parameters"]["CoreMarket"]["Default"] == "ON_DEMAND"
+
+
+def test_stack_creates_a_cluster_only_when_no_existing_one_is_given(template, resources):
+    assert resources["Cluster"]["Condition"] == "CreateCluster"
+    assert template["Conditions"]["CreateCluster"] == {
+        "Fn::And": [{"Condition": "UseEmr"}, {"Fn::Equals": [{"Ref": "ExistingClusterId"}, ""]}]
+    }
+    assert resources["ServerlessApplication"]["Condition"] == "UseServerless"
+
+
+def test_cluster_bootstraps_with_the_staged_script(resources):
+    (action,) = resources["Cluster"]["Properties"]["BootstrapActions"]
+    script = action["ScriptBootstrapAction"]
+    assert text(script["Path"]) == f"s3://${{BucketName}}/{stage.BOOTSTRAP_KEY}"
+    assert [text(a) for a in script["Args"]] == [f"s3://${{BucketName}}/{stage.CODE_PREFIX}"]
+
+
+def test_spark_runs_the_job_in_the_venv_the_bootstrap_builds(resources):
+    # GIVEN the venv path the bootstrap script defaults to
+    script = (REPO / "bootstrap" / "emr_bootstrap.sh").read_text()
+    venv = re.search(r'VENV="\$\{VERGER_VENV:-([^}]+)\}"', script).group(1)
+    configurations = {c["Classification"]: c for c in resources["Cluster"]["Properties"]["Configurations"]}
+    (export,) = configurations["spark-env"]["Configurations"]
+    defaults = configurations["spark-defaults"]["ConfigurationProperties"]
+    # THEN driver and executors use that venv's python3.11, in spark-env and for cluster deploy mode
+    for value in (export["ConfigurationProperties"]["PYSPARK_PYTHON"], export["ConfigurationProperties"]["PYSPARK_DRIVER_PYTHON"],
+                  defaults["spark.pyspark.python"], defaults["spark.pyspark.driver.python"]):
+        assert value == f"{venv}/bin/python3.11"
+
+
+def test_pyiceberg_finds_the_glue_catalog_named_in_the_contract(resources):
+    configurations = {c["Classification"]: c for c in resources["Cluster"]["Properties"]["Configurations"]}
+    (export,) = configurations["spark-env"]["Configurations"]
+    key = f"PYICEBERG_CATALOG__{layout.CATALOG_NAME.upper()}__TYPE"
+    assert export["ConfigurationProperties"][key] == "glue"
+    assert configurations["spark-defaults"]["ConfigurationProperties"][f"spark.yarn.appMasterEnv.{key}"] == "glue"
+
+
+# ---------------------------------------------------------------- deployment defaults
+def test_default_region_is_paris():
+    config = tomllib.loads((REPO / "samconfig.toml").read_text())
+    assert config["default"]["global"]["parameters"]["region"] == "eu-west-3"
+    assert config["default"]["deploy"]["parameters"]["region"] == "eu-west-3"
+
+
+def test_every_output_is_described(template):
+    assert template["Outputs"]
+    assert all(output.get("Description") for output in template["Outputs"].values())
+
+
+def test_stored_resources_carry_the_project_tag(resources):
+    for name in ("Bucket", "UploadQueue", "UploadDeadLetterQueue", "Cluster", "TriggerRole", "ServerlessApplication"):
+        tags = resources[name]["Properties"]["Tags"]
+        pairs = tags.items() if isinstance(tags, dict) else ((t["Key"], t["Value"]) for t in tags)
+        assert ("project", "verger") in set(pairs), name
