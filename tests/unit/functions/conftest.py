@@ -1,4 +1,7 @@
-"""Fixtures for the trigger's tests: moto in-process, settings from template.yaml, real events."""
+"""Fixtures for the trigger's tests: moto in-process, settings from template.yaml, real events.
+
+Tests run in importlib mode, so helpers reach them as fixtures rather than as imports.
+"""
 from __future__ import annotations
 
 import json
@@ -6,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import boto3
 import pytest
@@ -152,6 +155,38 @@ class FakeLambdaContext:
 @pytest.fixture
 def lambda_context() -> FakeLambdaContext:
     return FakeLambdaContext()
+
+
+@pytest.fixture(name="load_event")
+def load_event_fixture() -> Callable[[str], dict[str, Any]]:
+    """Load a file of events/ by name."""
+    return load_event
+
+
+@pytest.fixture
+def template_environment() -> Callable[[dict[str, str]], dict[str, str]]:
+    """Render the function's environment from template.yaml with test values for references."""
+    return function_environment
+
+
+@pytest.fixture
+def template_handler() -> str:
+    return function_handler()
+
+
+@pytest.fixture
+def stored_manifests() -> Callable[[str], dict[str, dict[str, Any]]]:
+    return manifests_in
+
+
+@pytest.fixture
+def cluster_steps() -> Callable[[str], list[dict[str, Any]]]:
+    return steps_on
+
+
+@pytest.fixture
+def metric_blobs() -> Callable[[str], list[dict[str, Any]]]:
+    return emitted_metrics
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from conftest import BUCKET, emitted_metrics, load_event, manifests_in, steps_on
 
 from contract.layout import step_arguments
 from functions import clients
 from functions.app import handler
 
+BUCKET = "verger-photos-example"  # named in events/*.json; the `bucket` fixture creates it
 ENTRYPOINT = f"s3://{BUCKET}/code/step.py"
 WAREHOUSE = f"s3://{BUCKET}/warehouse"
 WEIGHTS = f"s3://{BUCKET}/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
@@ -26,17 +26,13 @@ def expected_step_args(manifest_key: str) -> list[str]:
             *step_arguments(manifest_uri, WAREHOUSE, WEIGHTS, 0.95)]
 
 
-def step_args(cluster_id: str) -> list[list[str]]:
-    return [step["Config"]["Args"] for step in steps_on(cluster_id)]
-
-
 def poison(event: dict[str, Any], index: int) -> str:
     event["Records"][index]["body"] = "this is not JSON {"
     return event["Records"][index]["messageId"]
 
 
 def test_s3_put_event_writes_a_manifest_with_the_decoded_key_and_adds_its_step(
-    template_env, cluster_id, lambda_context
+    template_env, cluster_id, lambda_context, load_event, stored_manifests, cluster_steps
 ):
     # GIVEN the plain S3 event of events/s3-put.json (key "raw/Apple+Red+1/r_12_100.jpg")
     event = load_event("s3-put.json")
@@ -45,20 +41,20 @@ def test_s3_put_event_writes_a_manifest_with_the_decoded_key_and_adds_its_step(
     result = handler(event, lambda_context)
 
     # THEN one incremental manifest holds the decoded key, and one step points at it
-    manifests = manifests_in(BUCKET)
+    manifests = stored_manifests(BUCKET)
     assert len(manifests) == 1
     [(key, manifest)] = manifests.items()
     assert manifest["mode"] == "incremental"
     assert manifest["source"] == f"s3://{BUCKET}"
     assert [item["key"] for item in manifest["items"]] == ["raw/Apple Red 1/r_12_100.jpg"]
     assert key == f"manifests/{manifest['batch_id']}.json"
-    assert step_args(cluster_id) == [expected_step_args(key)]
-    assert [step["Name"] for step in steps_on(cluster_id)] == [f"verger-{manifest['batch_id']}"]
+    assert [step["Config"]["Args"] for step in cluster_steps(cluster_id)] == [expected_step_args(key)]
+    assert [step["Name"] for step in cluster_steps(cluster_id)] == [f"verger-{manifest['batch_id']}"]
     assert result["batches"][0]["batch_id"] == manifest["batch_id"]
 
 
 def test_sqs_batch_event_drops_what_is_not_an_upload_and_submits_the_rest_in_one_manifest(
-    template_env, cluster_id, lambda_context
+    template_env, cluster_id, lambda_context, load_event, stored_manifests, cluster_steps
 ):
     # GIVEN events/sqs-s3-batch.json: a test event, three photos (spaces, unicode), a folder marker, a .txt
     event = load_event("sqs-s3-batch.json")
@@ -68,12 +64,14 @@ def test_sqs_batch_event_drops_what_is_not_an_upload_and_submits_the_rest_in_one
 
     # THEN nothing fails, the three photos share one manifest, decoded, and one step runs it
     assert response == {"batchItemFailures": []}
-    [(key, manifest)] = manifests_in(BUCKET).items()
+    [(key, manifest)] = stored_manifests(BUCKET).items()
     assert [item["key"] for item in manifest["items"]] == BATCH_IMAGES
-    assert step_args(cluster_id) == [expected_step_args(key)]
+    assert [step["Config"]["Args"] for step in cluster_steps(cluster_id)] == [expected_step_args(key)]
 
 
-def test_full_recompute_event_lists_raw_into_one_full_manifest(template_env, cluster_id, lambda_context):
+def test_full_recompute_event_lists_raw_into_one_full_manifest(
+    template_env, cluster_id, lambda_context, load_event, stored_manifests, cluster_steps
+):
     # GIVEN three photos and a non-image under raw/, and one photo outside it
     s3 = boto3.client("s3")
     for key in ["raw/Kiwi/1.jpg", "raw/Kiwi/2.jpg", "raw/Lemon Meyer/3.png", "raw/README.txt", "inbox/4.jpg"]:
@@ -83,33 +81,33 @@ def test_full_recompute_event_lists_raw_into_one_full_manifest(template_env, clu
     result = handler(load_event("full-recompute.json"), lambda_context)
 
     # THEN one full manifest lists exactly the photos under raw/, with their ETags, and one step runs it
-    [(key, manifest)] = manifests_in(BUCKET).items()
+    [(key, manifest)] = stored_manifests(BUCKET).items()
     assert manifest["mode"] == "full"
     assert [item["key"] for item in manifest["items"]] == ["raw/Kiwi/1.jpg", "raw/Kiwi/2.jpg", "raw/Lemon Meyer/3.png"]
     etag = s3.head_object(Bucket=BUCKET, Key="raw/Kiwi/1.jpg")["ETag"].strip('"')
     assert manifest["items"][0]["etag"] == etag
-    assert step_args(cluster_id) == [expected_step_args(key)]
+    assert [step["Config"]["Args"] for step in cluster_steps(cluster_id)] == [expected_step_args(key)]
     assert result["images"] == 3 and result["submitted"] is True
 
 
 def test_the_same_sqs_batch_delivered_twice_gives_one_manifest_and_one_step(
-    template_env, cluster_id, lambda_context
+    template_env, cluster_id, lambda_context, load_event, stored_manifests, cluster_steps
 ):
     # GIVEN a batch already processed once
     handler(load_event("sqs-s3-batch.json"), lambda_context)
-    first = manifests_in(BUCKET)
+    first = stored_manifests(BUCKET)
 
     # WHEN SQS delivers the same batch again
     response = handler(load_event("sqs-s3-batch.json"), lambda_context)
 
     # THEN it succeeds without a second manifest, a rewritten manifest or a second step
     assert response == {"batchItemFailures": []}
-    assert manifests_in(BUCKET) == first
-    assert len(steps_on(cluster_id)) == 1
+    assert stored_manifests(BUCKET) == first
+    assert len(cluster_steps(cluster_id)) == 1
 
 
 def test_a_poison_body_and_a_throttled_step_fail_exactly_their_records(
-    template_env, cluster_id, lambda_context, monkeypatch
+    template_env, cluster_id, lambda_context, monkeypatch, load_event, stored_manifests, cluster_steps
 ):
     # GIVEN one manifest per image, one poison body, and EMR throttling the step of the Pitahaya photo
     monkeypatch.setenv("VERGER_MAX_IMAGES_PER_MANIFEST", "1")
@@ -134,12 +132,12 @@ def test_a_poison_body_and_a_throttled_step_fail_exactly_their_records(
     # THEN exactly the poison and the throttled records are reported, and the other photos got steps
     failed = {failure["itemIdentifier"] for failure in response["batchItemFailures"]}
     assert failed == {poisoned, throttled}
-    submitted = {args[5] for args in step_args(cluster_id)}
-    keys = {manifests_in(BUCKET)[uri.split("/", 3)[3]]["items"][0]["key"] for uri in submitted}
+    submitted = {args[5] for args in [step["Config"]["Args"] for step in cluster_steps(cluster_id)]}
+    keys = {stored_manifests(BUCKET)[uri.split("/", 3)[3]]["items"][0]["key"] for uri in submitted}
     assert keys == {"raw/Apple Red 1/r_13_100.jpg", "raw/Mañana Lime/0_100.jpg"}
 
 
-def test_a_batch_whose_records_all_fail_raises_so_sqs_retries_it_whole(template_env, lambda_context):
+def test_a_batch_whose_records_all_fail_raises_so_sqs_retries_it_whole(template_env, lambda_context, load_event):
     # GIVEN a batch of one poison message
     event = load_event("sqs-s3-batch.json")
     event["Records"] = event["Records"][1:2]
@@ -151,7 +149,7 @@ def test_a_batch_whose_records_all_fail_raises_so_sqs_retries_it_whole(template_
 
 
 def test_a_failed_step_for_a_plain_s3_event_fails_the_invocation(
-    template_env, cluster_id, lambda_context, monkeypatch
+    template_env, cluster_id, lambda_context, monkeypatch, load_event, stored_manifests, cluster_steps
 ):
     # GIVEN EMR refusing every step
     def refuse(**kwargs: Any) -> dict[str, Any]:
@@ -164,7 +162,9 @@ def test_a_failed_step_for_a_plain_s3_event_fails_the_invocation(
         handler(load_event("s3-put.json"), lambda_context)
 
 
-def test_the_handler_publishes_one_metric_per_outcome(template_env, cluster_id, lambda_context, capsys):
+def test_the_handler_publishes_one_metric_per_outcome(
+    template_env, cluster_id, lambda_context, capsys, load_event, metric_blobs
+):
     # GIVEN events/sqs-s3-batch.json (6 records: 3 photos, a test event, a folder marker, a .txt)
     event = load_event("sqs-s3-batch.json")
 
@@ -172,7 +172,7 @@ def test_the_handler_publishes_one_metric_per_outcome(template_env, cluster_id, 
     handler(event, lambda_context)
 
     # THEN the EMF output counts each outcome, drops by reason
-    blobs = emitted_metrics(capsys.readouterr().out)
+    blobs = metric_blobs(capsys.readouterr().out)
     batch = next(blob for blob in blobs if "RecordsReceived" in blob)
     assert {name: batch[name] for name in (
         "RecordsReceived", "ImagesAccepted", "RecordsFailed", "ManifestsWritten", "StepsSubmitted",
@@ -193,7 +193,7 @@ def test_an_unknown_action_is_refused_by_name(template_env, lambda_context):
         handler(event, lambda_context)
 
 
-def test_a_missing_setting_is_named(template_env, lambda_context, monkeypatch):
+def test_a_missing_setting_is_named(template_env, lambda_context, monkeypatch, load_event):
     # GIVEN the deployed environment without the bucket
     monkeypatch.delenv("VERGER_BUCKET")
 

@@ -1,0 +1,82 @@
+"""Settings come from the environment template.yaml sets; a wrong one is named."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from functions.settings import load_settings, SettingsError
+
+DEPLOYED = {"BucketName": "verger-photos-example", "Cluster": "j-ABC"}
+
+
+def test_the_template_handler_is_the_importable_handler(template_handler):
+    # GIVEN the Handler of the template's function
+    module_name, function_name = template_handler.rsplit(".", 1)
+
+    # WHEN / THEN it names a callable in this repository
+    assert callable(getattr(importlib.import_module(module_name), function_name))
+
+
+def test_the_template_environment_loads_into_settings_with_its_defaults(template_environment):
+    # GIVEN the environment the template sets with its parameter defaults
+    environment = template_environment(DEPLOYED)
+
+    # WHEN it is loaded
+    settings = load_settings(environment)
+
+    # THEN the settings are those the template states
+    assert (settings.bucket, settings.launcher, settings.emr_cluster_id) == ("verger-photos-example", "emr", "j-ABC")
+    assert settings.job_entrypoint == "s3://verger-photos-example/code/step.py"
+    assert settings.variance_target == float(environment["VERGER_VARIANCE_TARGET"])
+    assert settings.max_images_per_manifest == int(environment["VERGER_MAX_IMAGES_PER_MANIFEST"])
+
+
+def test_the_serverless_flavour_of_the_template_loads_too(template_environment):
+    # GIVEN the template rendered with Launcher=emr-serverless
+    environment = template_environment(
+        {**DEPLOYED, "Launcher": "emr-serverless", "ServerlessApplication": "00app",
+         "ServerlessJobRole.Arn": "arn:aws:iam::123456789012:role/job"}
+    )
+
+    # WHEN / THEN its settings name the application and role, and no cluster
+    settings = load_settings(environment)
+    assert (settings.launcher, settings.emr_application_id, settings.emr_cluster_id) == ("emr-serverless", "00app", None)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"VERGER_BUCKET": ""}, "VERGER_BUCKET is not set"),
+        ({"VERGER_WEIGHTS_URI": None}, "VERGER_WEIGHTS_URI is not set"),
+        ({"VERGER_LAUNCHER": "glue"}, "VERGER_LAUNCHER='glue' is not supported"),
+        ({"VERGER_EMR_CLUSTER_ID": ""}, "VERGER_EMR_CLUSTER_ID is required when VERGER_LAUNCHER=emr"),
+        ({"VERGER_LAUNCHER": "emr-serverless"}, "VERGER_EMR_APPLICATION_ID is required"),
+        ({"VERGER_VARIANCE_TARGET": "high"}, "VERGER_VARIANCE_TARGET='high' is not a number"),
+        ({"VERGER_VARIANCE_TARGET": "1.5"}, r"must be in \(0, 1\]"),
+        ({"VERGER_MAX_IMAGES_PER_MANIFEST": "0"}, "must be at least 1"),
+        ({"VERGER_MAX_IMAGES_PER_MANIFEST": "lots"}, "is not an integer"),
+    ],
+)
+def test_a_wrong_setting_is_named(change, message, template_environment):
+    # GIVEN the deployed environment with one variable wrong or missing
+    environment = template_environment(DEPLOYED)
+    for name, value in change.items():
+        if value is None:
+            del environment[name]
+        else:
+            environment[name] = value
+
+    # WHEN / THEN loading names it
+    with pytest.raises(SettingsError, match=message):
+        load_settings(environment)
+
+
+def test_optional_settings_fall_back_to_their_defaults():
+    # GIVEN only the required variables, for the local launcher
+    environment = {"VERGER_BUCKET": "b", "VERGER_LAUNCHER": "local", "VERGER_JOB_ENTRYPOINT": "emr_job/step.py",
+                   "VERGER_WAREHOUSE_URI": "/tmp/wh", "VERGER_WEIGHTS_URI": "/tmp/w.h5"}
+
+    # WHEN / THEN the defaults apply
+    settings = load_settings(environment)
+    assert (settings.variance_target, settings.max_images_per_manifest, settings.spark_submit) == (0.95, 5000, "spark-submit")
