@@ -44,6 +44,6 @@ fi
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --no-cache-dir --disable-pip-version-check -r "$work/$LOCK_NAME"
 "$VENV/bin/python" -m pip install --quiet --no-cache-dir --disable-pip-version-check --no-deps "${wheels[0]}"
-# Prove the job's own packages import before EMR reports the node healthy.
-"$VENV/bin/python" -c "import contract, emr_job"
+# Prove the job's own packages import (-I: from the venv, not the current directory).
+"$VENV/bin/python" -I -c "import contract, emr_job"
 echo "verger bootstrap: $VENV ready ($("$VENV/bin/python" --version))"

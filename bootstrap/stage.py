@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bootstrap.locks import JOB_LOCK, REPO_ROOT
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bucket", required=True, help="the stack's bucket (output BucketName)")
     parser.add_argument("--weights", type=Path, help="MobileNetV2 no-top .h5 weights to upload under models/")
     parser.add_argument("--region", help="AWS region (default: the AWS CLI/SDK configuration)")
+    parser.add_argument("--project", type=Path, default=REPO_ROOT, help="checkout to stage (default: this one)")
     parser.add_argument(
         "--no-build-isolation", action="store_true",
         help="build the wheel with the current environment's setuptools (offline builds)",
@@ -135,13 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     s3 = boto3.client("s3", region_name=args.region)
     try:
-        staged = stage_code(s3, args.bucket, isolated=not args.no_build_isolation)
+        staged = stage_code(s3, args.bucket, args.project, isolated=not args.no_build_isolation)
         if args.weights:
             staged += stage_weights(s3, args.bucket, args.weights)
     except StageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except (ClientError, BotoCoreError) as error:
+    except (ClientError, BotoCoreError, S3UploadFailedError) as error:
         print(f"error: cannot stage into s3://{args.bucket}: {error}", file=sys.stderr)
         return 1
     for item in staged:
