@@ -363,11 +363,14 @@ def test_cluster_terminates_itself_when_idle_and_spot_is_optional(template, reso
     assert template["Parameters"]["CoreMarket"]["Default"] == "ON_DEMAND"
 
 
-def test_stack_creates_a_cluster_only_when_no_existing_one_is_given(template, resources):
+def test_stack_creates_a_cluster_only_when_asked_and_no_existing_one_is_given(template, resources):
     assert resources["Cluster"]["Condition"] == "CreateCluster"
     assert template["Conditions"]["CreateCluster"] == {
-        "Fn::And": [{"Condition": "UseEmr"}, {"Fn::Equals": [{"Ref": "ExistingClusterId"}, ""]}]
+        "Fn::And": [{"Condition": "UseEmr"}, {"Fn::Equals": [{"Ref": "ExistingClusterId"}, ""]},
+                    {"Fn::Equals": [{"Ref": "StartCluster"}, "true"]}]
     }
+    # and not before the code it bootstraps from can be staged
+    assert template["Parameters"]["StartCluster"]["Default"] == "false"
     assert resources["ServerlessApplication"]["Condition"] == "UseServerless"
 
 
