@@ -1,0 +1,34 @@
+# Short named targets; `make pr` chains what CI runs.
+PYTHON ?= python3.11
+VENV := .venv
+SAM_VENV := .venv-sam
+SHARED ?= ../shared
+FRUITS ?= $(SHARED)/data/fruits-360
+WEIGHTS ?= $(SHARED)/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
+
+.PHONY: setup test unit integration lint locks pr
+
+setup:  ## venv with the project (both halves + dev tools) and a separate one for the SAM CLI
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check uv
+	$(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python -e ".[dev]"
+	test -x $(SAM_VENV)/bin/python || $(VENV)/bin/uv venv --quiet --python $(PYTHON) $(SAM_VENV)
+	$(VENV)/bin/uv pip install --quiet --python $(SAM_VENV)/bin/python aws-sam-cli==1.170.0
+
+test:  ## every test: unit, then integration (real Spark, real images, genuine weights)
+	VERGER_SAM=$(SAM_VENV)/bin/sam VERGER_FRUITS=$(FRUITS) VERGER_WEIGHTS=$(WEIGHTS) $(VENV)/bin/pytest
+
+unit:
+	VERGER_SAM=$(SAM_VENV)/bin/sam $(VENV)/bin/pytest tests/unit
+
+integration:
+	VERGER_FRUITS=$(FRUITS) VERGER_WEIGHTS=$(WEIGHTS) $(VENV)/bin/pytest tests/integration
+
+lint:  ## the template, and the dependency locks against pyproject.toml
+	AWS_DEFAULT_REGION=eu-west-3 SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam validate --lint
+	$(VENV)/bin/python -m bootstrap.locks --check
+
+locks:  ## regenerate bootstrap/requirements-*.txt after editing pyproject.toml
+	$(VENV)/bin/python -m bootstrap.locks
+
+pr: lint test
