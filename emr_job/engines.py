@@ -6,8 +6,6 @@ The Spark job only batches and checks; which runtime computes the features is ch
 - ``onnx`` (default): the same Keras graph converted once to ONNX and run by ONNX Runtime; equal
   to the reference within cosine 0.9999 / max abs diff 1e-3 (proven by
   tests/integration/test_engines_real.py). TensorFlow is imported only to convert.
-- ``onnx-int8``: opt-in fast path, the ONNX model statically quantized to int8 (QDQ, per channel)
-  on calibration images; faster, and its features drift from FP32 (see engines_quant).
 
 `threads` is the number of cores Spark gives this Python worker (e.g. ``spark.task.cpus``); the
 engine never uses more, so concurrent workers do not oversubscribe the machine. ``None`` leaves the
@@ -34,7 +32,6 @@ Extractor = Callable[[np.ndarray], np.ndarray]
 INPUT_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
 DEFAULT_ENGINE = "onnx"
 CACHE_ENV = "VERGER_CACHE_DIR"
-CALIBRATION_ENV = "VERGER_CALIBRATION_DIR"
 
 _loaded: dict[tuple[str, str, int | None], Extractor] = {}
 _load_lock = threading.Lock()
@@ -75,7 +72,6 @@ def load_extractor(
     engine: str = DEFAULT_ENGINE,
     threads: int | None = None,
     cache_dir: str | None = None,
-    calibration_dir: str | None = None,
 ) -> Extractor:
     """The feature extractor for these weights, built once per process and reused.
 
@@ -89,8 +85,6 @@ def load_extractor(
         Cores this worker may use (intra-op threads); None lets the runtime use all cores.
     cache_dir
         Where converted models are kept; default ``$VERGER_CACHE_DIR`` or ``~/.cache/verger``.
-    calibration_dir
-        Images the int8 fast path is calibrated on (default ``$VERGER_CALIBRATION_DIR``).
 
     Returns
     -------
@@ -109,7 +103,6 @@ def load_extractor(
                 weights_sha256=key[0],
                 threads=threads,
                 cache_dir=cache_dir or default_cache_dir(),
-                calibration_dir=calibration_dir or os.environ.get(CALIBRATION_ENV),
             )
             _loaded[key] = _checked(_BUILDERS[engine](options))
         return _loaded[key]
@@ -123,7 +116,6 @@ class _BuildOptions:
     weights_sha256: str
     threads: int | None
     cache_dir: str
-    calibration_dir: str | None
 
 
 def _checked(run: Extractor) -> Extractor:

@@ -1,0 +1,68 @@
+"""The ONNX engine gives the Keras reference's features on real photos with the genuine weights."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emr_job.engines import load_extractor
+
+pytestmark = pytest.mark.integration
+
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+WEIGHTS = os.environ.get(
+    "VERGER_WEIGHTS", str(SHARED / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")
+)
+IMAGES = Path(os.environ.get("VERGER_IMAGES", str(SHARED / "data" / "fruits-360")))
+CLASSES = 16
+PER_CLASS = 4
+
+
+def preprocess(path: Path) -> np.ndarray:
+    """The contract's preprocessing: RGB, PIL bicubic to 224x224, x / 127.5 - 1."""
+    image = Image.open(path).convert("RGB").resize((224, 224), Image.BICUBIC)
+    return np.asarray(image, dtype=np.float32) / 127.5 - 1  # (224, 224, 3)
+
+
+@pytest.fixture(scope="module")
+def photos() -> np.ndarray:
+    if not os.path.isfile(WEIGHTS) or not IMAGES.is_dir():
+        pytest.fail(f"needs the genuine weights ({WEIGHTS}) and Fruits-360 ({IMAGES}); set VERGER_WEIGHTS / VERGER_IMAGES")
+    folders = sorted(folder for folder in IMAGES.iterdir() if folder.is_dir())
+    chosen = folders[:: max(1, len(folders) // CLASSES)][:CLASSES]
+    paths = [path for folder in chosen for path in sorted(folder.glob("*.jpg"))[:PER_CLASS]]
+    return np.stack([preprocess(path) for path in paths])  # (64, 224, 224, 3)
+
+
+def test_onnx_features_equal_the_keras_reference_on_real_photos(photos, tmp_path):
+    # GIVEN 64 real photos from 16 classes and the genuine weights
+    assert photos.shape == (CLASSES * PER_CLASS, 224, 224, 3)
+    # WHEN both engines extract features (ONNX converted fresh into an empty cache)
+    reference = load_extractor(WEIGHTS, "keras", threads=2)(photos)  # (64, 1280)
+    converted = load_extractor(WEIGHTS, "onnx", threads=2, cache_dir=str(tmp_path))(photos)  # (64, 1280)
+    # THEN every image's features agree: cosine >= 0.9999 and max abs diff <= 1e-3
+    cosine = (reference * converted).sum(axis=1) / (
+        np.linalg.norm(reference, axis=1) * np.linalg.norm(converted, axis=1)
+    )
+    assert cosine.min() >= 0.9999, f"worst cosine {cosine.min():.6f}"
+    assert np.abs(reference - converted).max() <= 1e-3
+    # AND the features are not degenerate (distinct per image, non-negative after ReLU6 + pooling)
+    assert reference.min() >= 0 and np.unique(reference.round(3), axis=0).shape[0] == len(photos)
+
+
+def test_onnx_engine_reloads_from_the_cache_in_a_new_process_with_the_same_features(photos, tmp_path):
+    # GIVEN the ONNX model converted once into a cache folder
+    first = load_extractor(WEIGHTS, "onnx", threads=1, cache_dir=str(tmp_path))(photos[:8])
+    cached = sorted(path.name for path in tmp_path.iterdir())
+    # WHEN the same cache is used from a fresh session (no new conversion)
+    from emr_job.engines_onnx import cached_model_path, onnx_extractor
+    from emr_job.engines import weights_sha256
+
+    path = cached_model_path(weights_sha256(WEIGHTS), str(tmp_path))
+    again = onnx_extractor(path, threads=1)(photos[:8])
+    # THEN exactly one model file is cached and it gives identical features
+    assert cached == [os.path.basename(path)]
+    np.testing.assert_array_equal(again, first)
