@@ -160,5 +160,5 @@ def check_uri(uri: str, what: str, schemes: tuple[str, ...]) -> None:
         )
     if parsed.scheme == "s3" and not parsed.netloc:
         raise ManifestError(f"bad {what} URI {uri!r}: no bucket")
-    if parsed.scheme == "file" and not parsed.path.startswith("/"):
-        raise ManifestError(f"bad {what} URI {uri!r}: file URIs need an absolute path")
+    if parsed.scheme == "file" and (parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/")):
+        raise ManifestError(f"bad {what} URI {uri!r}: file URIs need an absolute path (file:///dir)")

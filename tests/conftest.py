@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("VERGER_SHARED", ROOT.parent / "shared"))
-FRUITS = Path(os.environ.get("VERGER_FRUITS", SHARED / "data" / "fruits-360"))
+SHARED = Path(os.environ.get("VERGER_SHARED", ROOT.parent / "shared")).resolve()
+FRUITS = Path(os.environ.get("VERGER_FRUITS", SHARED / "data" / "fruits-360")).resolve()
 WEIGHTS = Path(
     os.environ.get(
         "VERGER_WEIGHTS", SHARED / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
     )
-)
+).resolve()
 
 
 def require(path: Path, what: str) -> Path:

@@ -19,11 +19,14 @@ LABELS = (
 )
 
 
-def fruit_manifest(fruits: Path, labels=LABELS, start: int = 0, count: int = 30, mode: str = "incremental") -> Manifest:
-    """`count` images per label, taken from position `start` in each class's file order."""
+def fruit_manifest(fruits: Path, labels=LABELS, start: int = 0, count: int = 30, step: int = 1,
+                   skip_every: int | None = None, mode: str = "incremental") -> Manifest:
+    """`count` images per label from position `start` of each class's file order, every `step`-th,
+    leaving out every `skip_every`-th position (the ones a test holds back)."""
     items = []
     for label in labels:
-        names = sorted(os.listdir(fruits / label))[start:start + count]
+        positions = [p for p in range(len(os.listdir(fruits / label))) if not skip_every or p % skip_every]
+        names = [sorted(os.listdir(fruits / label))[p] for p in positions[start::step][:count]]
         items += [ManifestItem(f"{label}/{name}", file_md5(str(fruits / label / name))) for name in names]
     return build_manifest(mode, f"file://{fruits}", items)
 

@@ -42,6 +42,7 @@ def test_duplicate_keys_in_one_batch_keep_the_last_version():
         (lambda body: body.update(source="http://b"), "bad source URI 'http://b'"),
         (lambda body: body.update(source="s3://"), "no bucket"),
         (lambda body: body.update(source="s3://b/raw"), "must be a bucket"),
+        (lambda body: body.update(source="file://../images"), "absolute path"),
         (lambda body: body.update(mode="sometimes"), "unknown mode 'sometimes'"),
         (lambda body: body["items"].append({"key": "raw/A/x.jpg"}), "item 1 needs a non-empty 'key' and 'etag'"),
     ],

@@ -232,7 +232,7 @@ def cluster_id(aws) -> str:
 @pytest.fixture
 def template_env(monkeypatch: pytest.MonkeyPatch, bucket: str, cluster_id: str) -> dict[str, str]:
     """The deployed environment (Launcher=emr, the stack's own cluster), set on os.environ."""
-    environment = function_environment({"BucketName": bucket, "Cluster": cluster_id})
+    environment = function_environment({"BucketName": bucket, "Cluster": cluster_id, "StartCluster": "true"})
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     return environment

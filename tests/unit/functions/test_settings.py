@@ -7,7 +7,7 @@ import pytest
 
 from functions.settings import load_settings, SettingsError
 
-DEPLOYED = {"BucketName": "verger-photos-example", "Cluster": "j-ABC"}
+DEPLOYED = {"BucketName": "verger-photos-example", "Cluster": "j-ABC", "StartCluster": "true"}
 
 
 def test_the_template_handler_is_the_importable_handler(template_handler):
