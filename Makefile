@@ -29,6 +29,6 @@ lint:  ## the template, and the dependency locks against pyproject.toml
 	$(VENV)/bin/python -m bootstrap.locks --check
 
 locks:  ## regenerate bootstrap/requirements-*.txt after editing pyproject.toml
-	$(VENV)/bin/python -m bootstrap.locks
+	PATH=$(VENV)/bin:$$PATH $(VENV)/bin/python -m bootstrap.locks
 
 pr: lint test
