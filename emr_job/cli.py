@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import os
 
 from contract.layout import DEFAULT_VARIANCE_TARGET
 
@@ -46,6 +46,21 @@ def add_commands(subparsers) -> None:
     refit.add_argument("--variance", type=float, default=DEFAULT_VARIANCE_TARGET)
     refit.set_defaults(command=command_refit)
 
+    bench = subparsers.add_parser(
+        "bench", help="the notebook baseline and Verger's job on the same images, side by side",
+        description="Runs the classic notebook job, then Verger's job end to end (manifest to "
+                    "committed batch; JVM start excluded for both), on the same images and weights; "
+                    "then 100 held-back images into an empty store and into the one just built. "
+                    "Prints images/s, stage seconds, peak memory; the last line is the ratio.",
+    )
+    bench.add_argument("--images", required=True, help="folder laid out as <Label>/<image>")
+    bench.add_argument("--limit", type=int, help="at most N images, spread across label folders (default: all)")
+    bench.add_argument("--weights", help="local .h5 weights (default: $VERGER_WEIGHTS)")
+    bench.add_argument("--baseline", default=os.environ.get("VERGER_BASELINE", "../shared/bench/baseline_notebook.py"),
+                       help="the notebook baseline script (default: $VERGER_BASELINE or %(default)s)")
+    bench.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
+    bench.set_defaults(command=command_bench)
+
 
 def command_run(args: argparse.Namespace) -> int:
     from emr_job import blobs
@@ -73,6 +88,17 @@ def command_export(args: argparse.Namespace) -> int:
 
     rows = export(get_session("verger-export"), args.warehouse, args.out)
     print(f"wrote {rows} rows to {args.out}")
+    return 0
+
+
+def command_bench(args: argparse.Namespace) -> int:
+    from emr_job.bench import bench
+    from emr_job.weights import resolve_weights
+
+    if not os.path.isfile(args.baseline):
+        raise FileNotFoundError(f"baseline script not found: {args.baseline} (pass --baseline)")
+    for line in bench(args.images, resolve_weights(args.weights), args.baseline, args.limit, args.engine):
+        print(line, flush=True)
     return 0
 
 
