@@ -163,7 +163,8 @@ def bench(images_dir: str, weights: str, baseline_script: str, limit: int | None
         f"incremental {INCREMENTAL_IMAGES} images: into an empty store {into_empty.seconds:.1f} s, "
         f"into the {len(main_keys)}-image store {into_full.seconds:.1f} s "
         f"(ratio {into_full.seconds / into_empty.seconds:.2f}; "
-        f"PCA {into_empty.report['pca']['action']} vs {into_full.report['pca']['action']})",
+        f"PCA {into_empty.report['pca']['action']} vs {into_full.report['pca']['action']}, "
+        f"{into_full.report['seconds']['pca']:.1f} s in PCA into the store)",
         f"ratio verger/baseline: {verger.images_per_second / baseline.images_per_second:.2f}x",
     ]
     return lines

@@ -1,0 +1,50 @@
+"""The EMR step's entry point refuses bad arguments before starting Spark, naming the problem."""
+import hashlib
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from contract.manifest import build_manifest
+from emr_job.engines_weights import WeightsError
+from emr_job.step import main
+from emr_job.weights import resolve_weights
+from tests.conftest import WEIGHTS
+
+
+def test_missing_weights_stop_the_step_with_a_message(tmp_path, capsys):
+    manifest = tmp_path / "m.json"
+    manifest.write_text(build_manifest("incremental", f"file://{tmp_path}", []).to_json())
+    code = main(["--manifest", f"file://{manifest}", "--warehouse", str(tmp_path / "wh"),
+                 "--weights", str(tmp_path / "nothing.h5")])
+    assert code == 2
+    assert "weights file not found" in capsys.readouterr().err
+
+
+def test_an_invalid_manifest_stops_the_step_with_a_message(tmp_path, capsys):
+    manifest = tmp_path / "m.json"
+    manifest.write_text('{"version": 99}')
+    code = main(["--manifest", f"file://{manifest}", "--warehouse", str(tmp_path / "wh"), "--weights", str(WEIGHTS)])
+    assert code == 2
+    assert "unknown manifest version 99" in capsys.readouterr().err
+
+
+def test_no_weights_at_all_is_an_error_not_random_weights(monkeypatch):
+    monkeypatch.delenv("VERGER_WEIGHTS", raising=False)
+    with pytest.raises(WeightsError, match="no weights given"):
+        resolve_weights(None)
+
+
+def test_weights_from_s3_are_downloaded_once_and_checked(tmp_path, monkeypatch):
+    # GIVEN the genuine weights staged in a (moto) bucket
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    monkeypatch.setenv("VERGER_CACHE_DIR", str(tmp_path / "cache"))
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="verger-test", CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+        s3.put_object(Bucket="verger-test", Key="models/w.h5", Body=WEIGHTS.read_bytes())
+        # WHEN resolved THEN a local copy with the same bytes is returned
+        path = resolve_weights("s3://verger-test/models/w.h5")
+    assert hashlib.sha256(open(path, "rb").read()).digest() == hashlib.sha256(WEIGHTS.read_bytes()).digest()
