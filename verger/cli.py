@@ -7,11 +7,13 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from emr_job.cli import add_commands
+    from emr_job.suggest_cli import add_commands as add_suggest_commands
     from verger.demo import add_command as add_demo_command
 
     parser = argparse.ArgumentParser(prog="verger", description=__doc__)
     subparsers = parser.add_subparsers(required=True, metavar="COMMAND")
     add_commands(subparsers)
+    add_suggest_commands(subparsers)
     add_demo_command(subparsers)
     return parser
 
