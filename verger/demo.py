@@ -65,6 +65,7 @@ class Phase:
 class DemoResult:
     phases: list[Phase]
     report: Path
+    endpoint: str  # of the embedded server, stopped by now
 
 
 def plan_waves(images: Path, limit: int | None, second_wave_share: float) -> tuple[list[str], list[str]]:
@@ -200,7 +201,7 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoRe
                                 seconds=time.perf_counter() - started, feature_rows=rows, feature_keys=keys))
             say(f"full recompute: batch {submission['batch_id']} over {submission['images']} images")
     report = write_report(options.warehouse, phases)
-    return DemoResult(phases, report)
+    return DemoResult(phases, report, endpoint)
 
 
 def add_command(subparsers: Any) -> None:

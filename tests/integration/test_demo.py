@@ -1,0 +1,116 @@
+"""`verger demo` end to end: moto's S3 + SQS, the real handler, the real Spark job, the report."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from verger.demo import DemoOptions, run_demo
+from verger.report import batch_report, map_points
+
+pytestmark = pytest.mark.integration
+
+# Labels with spaces: S3 notifications encode them as '+', which the handler must decode.
+LABELS = ("Apple Braeburn", "Cherry 1", "Kiwi", "Lemon", "Onion White")
+PER_LABEL = 30
+
+
+def five_class_folder(fruits: Path, root: Path) -> Path:
+    """30 images of each of 5 labels, linked (not copied) from the shared data."""
+    for label in LABELS:
+        (root / label).mkdir(parents=True)
+        for name in sorted(os.listdir(fruits / label))[:PER_LABEL]:
+            (root / label / name).symlink_to(fruits / label / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, fruits, weights):
+    images = five_class_folder(fruits, tmp_path_factory.mktemp("images"))
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    endpoint_before = os.environ.get("AWS_ENDPOINT_URL")
+    # GIVEN 150 images over 5 labels, a fifth of each label held back for the second wave
+    options = DemoOptions(images=images, warehouse=warehouse, weights=weights, second_wave_share=0.2)
+    # WHEN the demo runs every phase
+    result = run_demo(options, say=lambda line: None)
+    phases = {phase.name: phase for phase in result.phases}
+    return result, phases, warehouse, endpoint_before
+
+
+def only_batch(phase) -> str:
+    (batch_id,) = phase.batch_ids
+    return batch_id
+
+
+def test_first_wave_is_stored_as_one_batch_that_fits_the_pca(demo):
+    _, phases, warehouse, _ = demo
+    wave = phases["wave 1"]
+    report = batch_report(warehouse, only_batch(wave))
+    # THEN the 120 uploads (plus moto's s3:TestEvent) became one manifest, all extracted, PCA fitted
+    assert wave.images_uploaded == 120 and wave.records == 121
+    assert report["images"] == {"in_manifest": 120, "already_present": 0, "new": 120, "quarantined": 0,
+                                "quarantined_by_reason": {}}
+    assert report["pca"]["action"] == "refit" and report["pca"]["rows_fitted"] == 120
+    assert (wave.feature_rows, wave.feature_keys) == (120, 120)
+
+
+def test_second_wave_extracts_only_new_images_and_applies_the_stored_pca_with_drift(demo):
+    _, phases, warehouse, _ = demo
+    fitted = batch_report(warehouse, only_batch(phases["wave 1"]))["pca"]
+    wave = phases["wave 2 (new images)"]
+    report = batch_report(warehouse, only_batch(wave))
+    # THEN only the 30 held-back images were in the batch, and the wave-1 model projected them
+    assert report["images"]["in_manifest"] == 30 and report["images"]["new"] == 30
+    assert report["pca"]["action"] == "applied"
+    assert (report["pca"]["version"], report["pca"]["k"]) == (fitted["version"], fitted["k"])
+    assert report["pca"]["rows_projected"] == 30
+    drift = report["pca"]["drift"]
+    assert drift["rows"] == 30 and 0 < drift["captured_variance_share"] <= 1
+    assert drift["mean_reconstruction_error"] > 0
+    assert (wave.feature_rows, wave.feature_keys) == (150, 150)
+
+
+def test_duplicate_delivery_of_the_first_wave_starts_nothing_and_adds_no_rows(demo):
+    _, phases, _, _ = demo
+    replay = phases["wave 1 delivered again"]
+    # THEN every message was handled again, no new manifest appeared, and the store is unchanged
+    assert replay.records == phases["wave 1"].records
+    assert replay.batch_ids == []
+    assert (replay.feature_rows, replay.feature_keys) == (150, 150)
+
+
+def test_full_recompute_reextracts_everything_under_a_new_pca_version(demo):
+    _, phases, warehouse, _ = demo
+    first_version = batch_report(warehouse, only_batch(phases["wave 1"]))["pca"]["version"]
+    recompute = phases["full recompute"]
+    report = batch_report(warehouse, only_batch(recompute))
+    # THEN all 150 images were re-extracted in full mode, refitted, and every image is projected
+    assert report["mode"] == "full" and report["images"]["new"] == 150
+    assert report["pca"]["action"] == "refit" and report["pca"]["rows_fitted"] == 150
+    assert report["pca"]["version"] != first_version
+    points = map_points(warehouse)
+    assert len(points) == 150 and set(points["label"]) == set(LABELS)
+    assert (recompute.feature_rows, recompute.feature_keys) == (150, 150)
+
+
+def test_report_is_an_html_page_with_its_non_empty_pngs(demo):
+    result, _, _, _ = demo
+    page = result.report.read_text(encoding="utf-8")
+    # THEN the page names every figure, and each is a real PNG next to it
+    for figure in ("batches.png", "variance.png", "map.png", "drift.png"):
+        assert f'src="{figure}"' in page
+        content = (result.report.parent / figure).read_bytes()
+        assert content[:8] == b"\x89PNG\r\n\x1a\n" and len(content) > 10_000
+    assert "Quarantine" in page and "wave 2 (new images)" in page
+
+
+def test_embedded_server_is_stopped_and_the_environment_restored(demo):
+    result, _, _, endpoint_before = demo
+    address = urlparse(result.endpoint)
+    # THEN nothing listens on the server's port, and boto3 is no longer pointed at it
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((address.hostname, address.port), timeout=2).close()
+    assert os.environ.get("AWS_ENDPOINT_URL") == endpoint_before
