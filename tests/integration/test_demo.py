@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -114,3 +119,63 @@ def test_embedded_server_is_stopped_and_the_environment_restored(demo):
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((address.hostname, address.port), timeout=2).close()
     assert os.environ.get("AWS_ENDPOINT_URL") == endpoint_before
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, from /proc (children before their parent exits)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_interrupt_during_a_spark_step_stops_spark_and_the_server(tmp_path, fruits, weights):
+    # GIVEN `verger demo` running its first Spark step
+    images = five_class_folder(fruits, tmp_path / "images")
+    out = tmp_path / "out.txt"
+    with out.open("w") as sink:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "verger.cli", "demo", "--images", str(images),
+             "--warehouse", str(tmp_path / "warehouse"), "--weights", weights],
+            stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while not any("emr_job/step.py" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+                          for pid in descendants(demo.pid) if alive(pid)):
+                assert demo.poll() is None and time.monotonic() < deadline, out.read_text()[-2000:]
+                time.sleep(0.5)
+            children = descendants(demo.pid)
+            # WHEN it is interrupted (SIGINT, as Ctrl-C sends)
+            demo.send_signal(signal.SIGINT)
+            code = demo.wait(timeout=60)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+    # THEN it says so and exits 130, with no Spark process left and its server gone
+    log = out.read_text()
+    assert code == 130, log[-2000:]
+    assert "interrupted" in log
+    time.sleep(1)
+    assert not [pid for pid in children if alive(pid)]
+    port = int(re.search(r"embedded S3 \+ SQS API: http://127\.0\.0\.1:(\d+)", log).group(1))
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
