@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Iterable, Iterator
 from urllib.parse import urlparse
 
 import numpy as np
@@ -193,6 +193,16 @@ def json_uri(source: str, warehouse: str, image_key: str) -> str:
     return layout.warehouse_path(store.warehouse_root(warehouse), name)
 
 
+def write_json_files(rows: Iterable[dict], source: str, warehouse: str) -> int:
+    """One JSON per suggestions-table row, where the app reads it; returns how many were written."""
+    written = 0
+    for row in rows:
+        body = suggestion_json(row)
+        blobs.write_bytes(json_uri(source, warehouse, body["image_key"]), json.dumps(body, ensure_ascii=False).encode())
+        written += 1
+    return written
+
+
 def suggest_for_batch(spark, catalog, warehouse: str, source: str, batch_id: str, rows: DataFrame) -> dict:
     """Suggest labels for this batch's unlabelled rows (image_key, etag, features; pca not used),
     commit them to the suggestions table and write one JSON per photo for the app."""
@@ -206,10 +216,10 @@ def suggest_for_batch(spark, catalog, warehouse: str, source: str, batch_id: str
     found = suggest(labelled_points(spark, catalog), np.stack(queries["pca"].to_numpy()))
     table = pd.DataFrame({
         "image_key": queries["image_key"], "etag": queries["etag"], "batch_id": batch_id,
-        "pca_version": version, "method": METHOD, "labels": list(found.labels),
-        "scores": list(found.scores.astype(np.float32)), "uncertain": found.uncertain,
-        "neighbour_keys": list(found.neighbour_keys), "neighbour_labels": list(found.neighbour_labels),
-        "neighbour_similarities": list(found.neighbour_similarities.astype(np.float32)),
+        "pca_version": version, "method": METHOD, "labels": found.labels.tolist(),
+        "scores": found.scores.astype(float).tolist(), "uncertain": found.uncertain.tolist(),
+        "neighbour_keys": found.neighbour_keys.tolist(), "neighbour_labels": found.neighbour_labels.tolist(),
+        "neighbour_similarities": found.neighbour_similarities.astype(float).tolist(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
     frame = spark.createDataFrame(table, SUGGESTION_SCHEMA)
@@ -217,12 +227,7 @@ def suggest_for_batch(spark, catalog, warehouse: str, source: str, batch_id: str
     frame.write.parquet(directory)
     store.commit_files(catalog, layout.SUGGESTIONS_TABLE, spark.read.parquet(directory).inputFiles(), batch_id)
 
-    def write_json(partition):
-        for row in partition:
-            body = suggestion_json(row.asDict())
-            blobs.write_bytes(json_uri(source, warehouse, body["image_key"]), json.dumps(body).encode())
-
-    frame.foreachPartition(write_json)
+    frame.foreachPartition(lambda partition: write_json_files((row.asDict() for row in partition), source, warehouse))
     return {
         "action": "suggested", "method": METHOD, "photos": len(table),
         "uncertain": int(found.uncertain.sum()), "pca_version": version,
