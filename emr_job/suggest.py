@@ -1,11 +1,13 @@
 """Label suggestions for unlabelled photos: the nearest labelled image of each class, in PCA space.
 
-Method (chosen by `verger evaluate-suggestions`, see docs/ARCHITECTURE.md): a label's similarity
-is the cosine similarity, in the current PCA space, between the photo and that label's closest
-stored image; scores are a softmax of those similarities at temperature `TEMPERATURE`. On the
-held-out split this beat k-NN votes, class centroids, shrunk LDA and a ridge classifier. Nothing is
-fitted: each batch scans the labelled projections once, distributed; the queries (this batch's
-photos) are broadcast, and only one summary per partition (queries × labels) reaches the driver.
+Method, chosen with `verger evaluate-suggestions`: a label's similarity is the cosine, in the
+current PCA space, between the photo and that label's closest stored image; scores are a softmax
+of those similarities at temperature `TEMPERATURE`. On the held-out block split of Fruits-360 it
+scored top-1 0.9946 / top-5 1.0, ahead of k-NN votes (k = 5: 0.9923 / 0.9976), class centroids
+(0.9544 / 0.9893), shrunk LDA (0.9865 / 0.9979) and a ridge classifier (0.9891 / 0.9968).
+Nothing is fitted, so nothing is stored per PCA version: each batch scans the labelled projections
+once, distributed; the queries (this batch's photos) are broadcast, and only one summary per
+partition (queries × labels, plus the nearest images) reaches the driver.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -42,6 +45,10 @@ SUGGESTION_SCHEMA = (
     "labels array<string>, scores array<float>, uncertain boolean, neighbour_keys array<string>, "
     "neighbour_labels array<string>, neighbour_similarities array<float>, created_at string"
 )
+
+
+class NoLabelledPhotos(ValueError):
+    """The warehouse has no labelled projections yet, so there is nothing to compare with."""
 
 
 @dataclass(frozen=True)
@@ -104,16 +111,18 @@ def labelled_points(spark, catalog) -> DataFrame:
     """Current labelled rows with their current projection: image_key, label, pca."""
     projections = current_projections(spark, catalog)
     if projections is None:
-        raise ValueError("no PCA model in this warehouse yet: run a batch of labelled photos first")
+        raise NoLabelledPhotos("no PCA model in this warehouse yet: run a batch of labelled photos first")
     labels = current_features(spark, catalog).where(F.col("label").isNotNull()).select("image_key", "etag", "label")
     return projections.join(labels, ["image_key", "etag"]).select("image_key", "label", "pca")
 
 
 def suggest(points: DataFrame, queries: np.ndarray) -> Suggestions:
     """Suggestions for `queries` (m, k) PCA coordinates against labelled `points` (image_key, label, pca)."""
+    points = points.persist(StorageLevel.MEMORY_AND_DISK)  # read once for the labels and the scan
     label_names = sorted(row.label for row in points.select("label").distinct().collect())
     if not label_names:
-        raise ValueError("no labelled photos in this warehouse: nothing to suggest from")
+        points.unpersist()
+        raise NoLabelledPhotos("no labelled photos in this warehouse: nothing to suggest from")
     index = {label: position for position, label in enumerate(label_names)}
     unit = unit_rows(queries)  # (m, k)
     shared = points.sparkSession.sparkContext.broadcast(unit)
@@ -124,6 +133,7 @@ def suggest(points: DataFrame, queries: np.ndarray) -> Suggestions:
 
     partials = points.coalesce(partitions).mapInPandas(run, PARTIAL_SCHEMA).collect()
     shared.unpersist()
+    points.unpersist()
     m, classes = len(unit), len(label_names)
     best = np.max([np.frombuffer(row.best, np.float32).reshape(m, classes) for row in partials], axis=0)
     similarity = np.hstack([np.frombuffer(row.neighbour_similarity, np.float32).reshape(m, -1) for row in partials])
@@ -213,7 +223,10 @@ def suggest_for_batch(spark, catalog, warehouse: str, source: str, batch_id: str
     queries = project_rows(rows, pca.load(store.warehouse_root(warehouse), version))
     if queries.empty:
         return {"action": "none", "reason": "no unlabelled photos in this batch"}
-    found = suggest(labelled_points(spark, catalog), np.stack(queries["pca"].to_numpy()))
+    try:
+        found = suggest(labelled_points(spark, catalog), np.stack(queries["pca"].to_numpy()))
+    except NoLabelledPhotos as reason:
+        return {"action": "none", "reason": str(reason)}
     table = pd.DataFrame({
         "image_key": queries["image_key"], "etag": queries["etag"], "batch_id": batch_id,
         "pca_version": version, "method": METHOD, "labels": found.labels.tolist(),

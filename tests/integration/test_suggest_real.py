@@ -128,3 +128,17 @@ def test_evaluation_holds_out_the_last_fifth_of_each_series_and_reports_accuracy
     # AND a higher uncertainty threshold never flags fewer photos
     flagged = [row["flagged_share"] for row in outcome["uncertain_thresholds"]]
     assert flagged == sorted(flagged)
+
+
+def test_inbox_photos_before_any_labelled_photo_get_a_clear_none_not_a_failed_batch(suggested, spark, weights, tmp_path):
+    _, source, truth, _, _ = suggested
+    # GIVEN a warehouse whose only photos are four inbox uploads (the PCA is fitted on them)
+    items = [ManifestItem(key, file_md5(str(source / key))) for key in sorted(truth)[:4]]
+    run_manifest(spark, build_manifest("incremental", f"file://{source}", items), JobSettings(str(tmp_path), weights))
+    catalog = store.open_catalog(str(tmp_path))
+    rows = current_features(spark, catalog).select("image_key", "etag", "features")
+    # WHEN the hook runs for them
+    outcome = suggest_for_batch(spark, catalog, str(tmp_path), f"file://{source}", "only-inbox", rows)
+    # THEN it says why there is nothing to suggest, and writes no table
+    assert outcome == {"action": "none", "reason": "no labelled photos in this warehouse: nothing to suggest from"}
+    assert store.load_table(catalog, layout.SUGGESTIONS_TABLE) is None
