@@ -23,6 +23,7 @@ from emr_job import blobs, pca, store
 from emr_job.engines import DEFAULT_ENGINE, load_extractor
 from emr_job.extract import OUTPUT_SCHEMA, extract_partitions
 from emr_job.readers import current_features, current_pca_version
+from emr_job.suggest import suggest_for_batch
 
 ITEM_SCHEMA = "image_key string, etag string, label string"
 ROWS_PER_PARTITION = 256
@@ -68,6 +69,11 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
     began = time.perf_counter()
     report["pca"] = apply_pca(spark, catalog, manifest, settings, new_rows, latest)
     report["seconds"]["pca"] = round(time.perf_counter() - began, 3)
+    if new_rows is not None and any(layout.label_of(item.key) is None for item in todo):
+        report["suggestions"] = suggest_for_batch(
+            spark, catalog, settings.warehouse, manifest.source, manifest.batch_id,
+            new_rows.where(F.col("label").isNull()),
+        )
     if new_rows is not None:
         new_rows.unpersist()
 
@@ -131,13 +137,13 @@ def extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at) ->
     by_reason = {row.reason: row.rows for row in outcomes if row.reason is not None}
     new_count = sum(row.rows for row in outcomes if row.reason is None)
     began = time.perf_counter()
-    feature_files = write_rows(
+    feature_files = store.write_rows(
         extracted.where(F.col("reason").isNull()).select(
             "image_key", "label", "etag", "batch_id", "ingested_at", "features"
         ),
         new_count, settings.warehouse, layout.FEATURES_TABLE, manifest.batch_id,
     )
-    quarantine_files = write_rows(
+    quarantine_files = store.write_rows(
         extracted.where(F.col("reason").isNotNull()).select(
             "image_key", "label", "etag", "batch_id", "ingested_at", "reason", "detail"
         ),
@@ -168,15 +174,6 @@ def extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at) ->
     }
 
 
-def write_rows(frame: DataFrame, rows: int, warehouse: str, table: str, batch_id: str) -> list[str]:
-    """Write to a fresh attempt directory and return the files Spark produced (none for no rows)."""
-    if rows == 0:
-        return []
-    directory = store.attempt_dir(warehouse, table, batch_id)
-    frame.write.parquet(directory)
-    return frame.sparkSession.read.parquet(directory).inputFiles()
-
-
 def apply_pca(spark, catalog, manifest, settings, new_rows, latest) -> dict:
     """Refit (full mode, or no model yet) or project this batch's rows with the current model."""
     features_table = store.load_table(catalog, layout.FEATURES_TABLE)
@@ -193,7 +190,7 @@ def apply_pca(spark, catalog, manifest, settings, new_rows, latest) -> dict:
         F.sum("total_sq").alias("total_sq"),
         F.sum("captured_sq").alias("captured_sq"),
     ).first()
-    files = write_rows(
+    files = store.write_rows(
         projected.select("image_key", "etag", "pca_version", "pca", "batch_id"),
         sums.rows, settings.warehouse, layout.PROJECTIONS_TABLE, manifest.batch_id,
     )
@@ -282,7 +279,7 @@ def refit(spark, catalog, settings: JobSettings, batch_id: str = "refit") -> dic
     pca.save(model, warehouse)
     began = time.perf_counter()
     projected = project(features.withColumn("batch_id", F.lit(batch_id)), model)
-    files = write_rows(
+    files = store.write_rows(
         projected.select("image_key", "etag", "pca_version", "pca", "batch_id"),
         model.rows_fitted, settings.warehouse, layout.PROJECTIONS_TABLE, batch_id,
     )

@@ -74,6 +74,15 @@ def attempt_dir(warehouse: str, table: str, batch_id: str) -> str:
     )
 
 
+def write_rows(frame, rows: int, warehouse: str, table: str, batch_id: str) -> list[str]:
+    """Write a Spark DataFrame to a fresh attempt directory; return the files written (none for no rows)."""
+    if rows == 0:
+        return []
+    directory = attempt_dir(warehouse, table, batch_id)
+    frame.write.parquet(directory)
+    return frame.sparkSession.read.parquet(directory).inputFiles()
+
+
 def iceberg_path(spark_path: str) -> str:
     """Hadoop prints local files as `file:/x`; pyiceberg wants `file:///x`."""
     if spark_path.startswith("file:/") and not spark_path.startswith("file:///"):

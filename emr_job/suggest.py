@@ -237,9 +237,8 @@ def suggest_for_batch(spark, catalog, warehouse: str, source: str, batch_id: str
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
     frame = spark.createDataFrame(table, SUGGESTION_SCHEMA)
-    directory = store.attempt_dir(warehouse, layout.SUGGESTIONS_TABLE, batch_id)
-    frame.write.parquet(directory)
-    store.commit_files(catalog, layout.SUGGESTIONS_TABLE, spark.read.parquet(directory).inputFiles(), batch_id)
+    files = store.write_rows(frame, len(table), warehouse, layout.SUGGESTIONS_TABLE, batch_id)
+    store.commit_files(catalog, layout.SUGGESTIONS_TABLE, files, batch_id)
 
     frame.foreachPartition(lambda partition: write_json_files((row.asDict() for row in partition), source, warehouse))
     return {

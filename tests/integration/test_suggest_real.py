@@ -13,15 +13,13 @@ from contract.manifest import ManifestItem, build_manifest
 from emr_job import store
 from emr_job.folders import file_md5
 from emr_job.job import JobSettings, run_manifest
-from emr_job.readers import current_features
-from emr_job.suggest import TOP_LABELS, suggest_for_batch
+from emr_job.suggest import TOP_LABELS
 from tests.integration.conftest import LABELS, fruit_manifest
 from verger.cli import main
 
 pytestmark = pytest.mark.integration
 
 INBOX_PER_LABEL = 3
-SUGGEST_BATCH = "suggest-test"
 
 
 def inbox_folder(fruits, root):
@@ -46,14 +44,13 @@ def suggested(tmp_path_factory, spark, fruits, weights):
     settings = JobSettings(warehouse, weights)
     run_manifest(spark, fruit_manifest(fruits, count=30, skip_every=5), settings)
     items = [ManifestItem(key, file_md5(str(source / key))) for key in truth]
-    run_manifest(spark, build_manifest("incremental", f"file://{source}", items), settings)
+    # WHEN a batch of inbox photos runs through the job (its suggestion hook included)
+    inbox = build_manifest("incremental", f"file://{source}", items)
+    outcome = run_manifest(spark, inbox, settings)["suggestions"]
     catalog = store.open_catalog(warehouse)
-    unlabelled = current_features(spark, catalog).where("label IS NULL").select("image_key", "etag", "features")
-    # WHEN the batch hook suggests labels for the inbox rows
-    outcome = suggest_for_batch(spark, catalog, warehouse, f"file://{source}", SUGGEST_BATCH, unlabelled)
     table = store.read_columns(store.load_table(catalog, layout.SUGGESTIONS_TABLE),
                                ["image_key", "batch_id", "labels", "scores", "uncertain", "neighbour_labels"])
-    rows = table.filter(pc.equal(table["batch_id"], SUGGEST_BATCH)).to_pylist()
+    rows = table.filter(pc.equal(table["batch_id"], inbox.batch_id)).to_pylist()
     return warehouse, source, truth, outcome, rows
 
 
@@ -134,11 +131,11 @@ def test_inbox_photos_before_any_labelled_photo_get_a_clear_none_not_a_failed_ba
     _, source, truth, _, _ = suggested
     # GIVEN a warehouse whose only photos are four inbox uploads (the PCA is fitted on them)
     items = [ManifestItem(key, file_md5(str(source / key))) for key in sorted(truth)[:4]]
-    run_manifest(spark, build_manifest("incremental", f"file://{source}", items), JobSettings(str(tmp_path), weights))
+    # WHEN they run through the job
+    report = run_manifest(spark, build_manifest("incremental", f"file://{source}", items), JobSettings(str(tmp_path), weights))
     catalog = store.open_catalog(str(tmp_path))
-    rows = current_features(spark, catalog).select("image_key", "etag", "features")
-    # WHEN the hook runs for them
-    outcome = suggest_for_batch(spark, catalog, str(tmp_path), f"file://{source}", "only-inbox", rows)
-    # THEN it says why there is nothing to suggest, and writes no table
+    outcome = report["suggestions"]
+    # THEN the batch completes, its report says why there is nothing to suggest, and no table is written
+    assert report["status"] == "complete"
     assert outcome == {"action": "none", "reason": "no labelled photos in this warehouse: nothing to suggest from"}
     assert store.load_table(catalog, layout.SUGGESTIONS_TABLE) is None
