@@ -29,6 +29,7 @@ from verger import embedded
 DEFAULT_BUCKET = "verger-demo-photos"
 FULL_RECOMPUTE_EVENT = Path(__file__).resolve().parents[1] / "events" / "full-recompute.json"
 UPLOAD_THREADS = 8
+DEFAULT_LIMIT = 500
 FRUITS_ENV = "VERGER_FRUITS"
 
 
@@ -144,11 +145,64 @@ def local_function_environment(stack: embedded.Stack, options: DemoOptions) -> d
     }
 
 
+@dataclass
+class EmbeddedRun:
+    """The stack, the handler and the clients of one demo run; each method is one phase."""
+
+    stack: embedded.Stack
+    handler: Callable[[dict[str, Any], Any], dict[str, Any]]
+    s3: Any
+    sqs: Any
+    options: DemoOptions
+
+    def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
+        return self.handler(event, embedded.LambdaContext(self.stack.function_name, self.stack.timeout_s))
+
+    def deliver(self, name: str, keys: list[str], bodies: list[str] | None = None) -> tuple[Phase, list[str]]:
+        """Upload `keys` (or send `bodies` again), then drain the queue through the handler.
+
+        Returns the phase and the message bodies it handled, for a later duplicate delivery.
+        """
+        from verger.report import feature_counts
+
+        started = time.perf_counter()
+        before = manifest_ids(self.s3, self.stack.bucket)
+        if keys:
+            upload(self.s3, self.stack.bucket, self.options.images, keys, name)
+        if bodies:
+            embedded.redeliver(self.sqs, self.stack.queue.queue_url, bodies)
+        invocations = embedded.drain_queue(self.sqs, self.stack.queue, self.invoke)
+        failed = sum(len(invocation.failed_message_ids) for invocation in invocations)
+        if failed:
+            raise DemoError(f"{name}: the handler failed {failed} records (its log above says why)")
+        phase = Phase(
+            name,
+            images_uploaded=len(keys),
+            records=sum(invocation.records for invocation in invocations),
+            invocations=len(invocations),
+            batch_ids=sorted(manifest_ids(self.s3, self.stack.bucket) - before),
+            seconds=time.perf_counter() - started,
+        )
+        phase.feature_rows, phase.feature_keys = feature_counts(self.options.warehouse)
+        return phase, [body for invocation in invocations for body in invocation.bodies]
+
+    def full_recompute(self) -> Phase:
+        """Invoke the handler with events/full-recompute.json, as `aws lambda invoke` would."""
+        from verger.report import feature_counts
+
+        started = time.perf_counter()
+        submission = self.invoke(json.loads(FULL_RECOMPUTE_EVENT.read_text(encoding="utf-8")))
+        phase = Phase("full recompute", records=1, invocations=1, batch_ids=[submission["batch_id"]],
+                      seconds=time.perf_counter() - started)
+        phase.feature_rows, phase.feature_keys = feature_counts(self.options.warehouse)
+        return phase
+
+
 def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoResult:
     """Run every phase against an embedded stack; the server and Spark stop even on errors."""
     import boto3
 
-    from verger.report import feature_counts, write_report
+    from verger.report import write_report
 
     first_wave, second_wave = plan_waves(options.images, options.limit, options.second_wave_share)
     options.warehouse.mkdir(parents=True, exist_ok=True)
@@ -158,50 +212,29 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoRe
     with embedded.moto_server() as endpoint, spark_conf_dir(ui_port) as spark_env:
         say(f"embedded S3 + SQS API: {endpoint} (dummy credentials, region {embedded.REGION})")
         stack = embedded.create_stack(options.bucket, parameters)
-        say(f"created from template.yaml: bucket {stack.bucket}, queue + DLQ, "
-            f"S3 -> SQS notifications; event source batch {stack.queue.batch_size}, "
-            f"window {stack.queue.batching_window_s:g} s")
+        say(f"created from template.yaml: bucket {stack.bucket}, queue + DLQ, S3 -> SQS notifications; "
+            f"event source batch size {stack.queue.batch_size}, window {stack.queue.batching_window_s:g} s")
         with embedded.patched_environ({**local_function_environment(stack, options), **spark_env}):
-            handler = embedded.load_handler(stack.handler)
+            run = EmbeddedRun(stack, embedded.load_handler(stack.handler), boto3.client("s3"),
+                              boto3.client("sqs"), options)
             say(f"handler {stack.handler}; Spark UI while a step runs: http://localhost:{ui_port}")
-            s3, sqs = boto3.client("s3"), boto3.client("sqs")
-
-            def invoke(event: dict[str, Any]) -> dict[str, Any]:
-                return handler(event, embedded.LambdaContext(stack.function_name, stack.timeout_s))
-
-            def process(phase: Phase, keys: list[str], bodies: list[str] | None = None) -> list[str]:
-                started = time.perf_counter()
-                before = manifest_ids(s3, stack.bucket)
-                if keys:
-                    upload(s3, stack.bucket, options.images, keys, phase.name)
-                if bodies:
-                    embedded.redeliver(sqs, stack.queue.queue_url, bodies)
-                invocations = embedded.drain_queue(sqs, stack.queue, invoke)
-                failed = sum(len(invocation.failed_message_ids) for invocation in invocations)
-                if failed:
-                    raise DemoError(f"{phase.name}: the handler failed {failed} records (its log above says why)")
-                phase.images_uploaded = len(keys)
-                phase.invocations = len(invocations)
-                phase.records = sum(invocation.records for invocation in invocations)
-                phase.batch_ids = sorted(manifest_ids(s3, stack.bucket) - before)
-                phase.seconds = time.perf_counter() - started
-                phase.feature_rows, phase.feature_keys = feature_counts(options.warehouse)
-                phases.append(phase)
-                say(f"{phase.name}: {phase.records} SQS records in {phase.invocations} invocations, "
-                    f"batches {', '.join(phase.batch_ids) or 'none new'} ({phase.seconds:.1f} s)")
-                return [body for invocation in invocations for body in invocation.bodies]
-
-            first_bodies = process(Phase("wave 1"), first_wave)
-            process(Phase("wave 2 (new images)"), second_wave)
-            process(Phase("wave 1 delivered again"), [], bodies=first_bodies)
-            started = time.perf_counter()
-            submission = invoke(json.loads(FULL_RECOMPUTE_EVENT.read_text(encoding="utf-8")))
-            rows, keys = feature_counts(options.warehouse)
-            phases.append(Phase("full recompute", invocations=1, batch_ids=[submission["batch_id"]],
-                                seconds=time.perf_counter() - started, feature_rows=rows, feature_keys=keys))
-            say(f"full recompute: batch {submission['batch_id']} over {submission['images']} images")
+            first, first_bodies = run.deliver("wave 1", first_wave)
+            phases.append(first)
+            say(describe(first))
+            for name, keys, bodies in (("wave 2 (new images)", second_wave, None),
+                                       ("wave 1 delivered again", [], first_bodies)):
+                phases.append(run.deliver(name, keys, bodies)[0])
+                say(describe(phases[-1]))
+            phases.append(run.full_recompute())
+            say(describe(phases[-1]))
     report = write_report(options.warehouse, phases)
     return DemoResult(phases, report, endpoint)
+
+
+def describe(phase: Phase) -> str:
+    return (f"{phase.name}: {phase.records} records in {phase.invocations} invocation(s), "
+            f"batches {', '.join(phase.batch_ids) or 'none new'} ({phase.seconds:.1f} s); "
+            f"store: {phase.feature_rows} feature rows, {phase.feature_keys} images")
 
 
 def add_command(subparsers: Any) -> None:
@@ -215,7 +248,10 @@ def add_command(subparsers: Any) -> None:
                       help=f"folder laid out as <Label>/<image> (default: ${FRUITS_ENV})")
     demo.add_argument("--warehouse", default="warehouse-demo", help="warehouse directory (default %(default)s)")
     demo.add_argument("--weights", help="imagenet, or the no-top .h5 path (default: $VERGER_WEIGHTS)")
-    demo.add_argument("--limit", type=int, help="at most N images, spread across label folders")
+    # moto's ReceiveMessage slows down with every message in flight, so draining a large wave
+    # through the embedded queue takes minutes; the default keeps the demo to a few minutes.
+    demo.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
+                      help="at most N images, spread across label folders (default %(default)s)")
     demo.add_argument("--second-wave", type=float, default=0.2, dest="second_wave",
                       help="share of the sample held back for the second wave (default %(default)s)")
     demo.add_argument("--batching-window", type=int, dest="batching_window",

@@ -168,13 +168,19 @@ def create_queue(sqs: Any, template: dict[str, Any], name: str, resolver: Resolv
     """A queue with the template's properties as SQS attributes; returns its URL and ARN."""
     properties = resolver.resolve(resource_properties(template, name))
     tags = {tag["Key"]: tag["Value"] for tag in properties.pop("Tags", [])}
-    attributes = {
-        key: json.dumps(value) if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) else str(value)
-        for key, value in properties.items()
-    }
+    attributes = {key: attribute_text(value) for key, value in properties.items()}
     url = sqs.create_queue(QueueName=f"{STACK_NAME}-{name}", Attributes=attributes, tags=tags)["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     return url, arn
+
+
+def attribute_text(value: Any) -> str:
+    """SQS attributes are strings: JSON for a redrive policy, lowercase for booleans."""
+    if isinstance(value, dict):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 def notification_configuration(cfn: Mapping[str, Any]) -> dict[str, Any]:
@@ -225,7 +231,9 @@ class Invocation:
     bodies: tuple[str, ...]  # kept so the demo can deliver them again
 
 
-def drain_queue(sqs: Any, mapping: EventSourceMapping, invoke: Callable[[dict[str, Any]], dict[str, Any]]) -> list[Invocation]:
+def drain_queue(
+    sqs: Any, mapping: EventSourceMapping, invoke: Callable[[dict[str, Any]], dict[str, Any]]
+) -> list[Invocation]:
     """Invoke the handler with batches from the queue until it is empty, as the event source does.
 
     A batch closes at the batch size, at 6 MB of records, when the batching window has passed, or
