@@ -11,6 +11,9 @@ INBOX_PREFIX = "inbox/"
 MANIFEST_PREFIX = "manifests/"
 SUGGESTION_PREFIX = "suggestions/"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# Where photos are accepted: labelled under raw/<Label>/, unlabelled in the inbox. A full recompute
+# rebuilds the store from both, since it replaces every stored row.
+PHOTO_PREFIXES = (RAW_PREFIX, INBOX_PREFIX)
 
 # Warehouse layout, relative to the warehouse URI (a local directory or s3://bucket/warehouse).
 CATALOG_NAME = "verger"
@@ -49,17 +52,19 @@ def is_image_key(key: str) -> bool:
 
 
 def label_of(key: str) -> str | None:
-    """The label is the parent folder; photos in the inbox (or at the root) have none.
+    """The label is the parent folder; photos in the inbox, at the root or directly under raw/ have none.
 
     Examples
     --------
     >>> label_of("raw/Apple Red 1/r_12_100.jpg"), label_of("Kiwi/1.jpg"), label_of("inbox/x.jpg")
     ('Apple Red 1', 'Kiwi', None)
+    >>> label_of("raw/x.jpg"), label_of("x.jpg")
+    (None, None)
     """
-    if key.startswith(INBOX_PREFIX):
+    folder = posixpath.dirname(key)
+    if key.startswith(INBOX_PREFIX) or f"{folder}/" == RAW_PREFIX:
         return None
-    parent = posixpath.basename(posixpath.dirname(key))
-    return parent or None
+    return posixpath.basename(folder) or None
 
 
 def manifest_key(batch_id: str) -> str:

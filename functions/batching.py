@@ -11,7 +11,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from contract.layout import RAW_PREFIX, is_image_key, manifest_key
+from contract.layout import PHOTO_PREFIXES, is_image_key, manifest_key
 from contract.manifest import Manifest, ManifestItem, build_manifest
 from functions.events import ImageUpload
 
@@ -73,16 +73,18 @@ def incremental_manifests(
 
 
 def full_manifest(s3: Any, bucket: str) -> Manifest:
-    """One `full` manifest listing every image under `raw/`, for a full recompute."""
-    return build_manifest("full", f"s3://{bucket}", list_raw_images(s3, bucket))
+    """One `full` manifest listing every photo under `raw/` and `inbox/`: the job replaces the whole
+    store with what it lists, so a photo left out would lose its features."""
+    return build_manifest("full", f"s3://{bucket}", list_photos(s3, bucket))
 
 
-def list_raw_images(s3: Any, bucket: str) -> Iterator[ManifestItem]:
+def list_photos(s3: Any, bucket: str) -> Iterator[ManifestItem]:
     paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=RAW_PREFIX):
-        for entry in page.get("Contents", []):
-            if is_image_key(entry["Key"]):
-                yield ManifestItem(key=entry["Key"], etag=entry["ETag"].strip('"'), size=entry["Size"])
+    for prefix in PHOTO_PREFIXES:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for entry in page.get("Contents", []):
+                if is_image_key(entry["Key"]):
+                    yield ManifestItem(key=entry["Key"], etag=entry["ETag"].strip('"'), size=entry["Size"])
 
 
 def manifest_uri(bucket: str, batch_id: str) -> str:

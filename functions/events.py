@@ -16,9 +16,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser.models import S3Model, S3RecordModel
 from pydantic import ValidationError
 
-from contract.layout import INBOX_PREFIX, RAW_PREFIX, is_image_key
+from contract.layout import PHOTO_PREFIXES, is_image_key
 
-ACCEPTED_PREFIXES = (RAW_PREFIX, INBOX_PREFIX)
 FULL_RECOMPUTE_ACTION = "full-recompute"
 S3_TEST_EVENT = "s3:TestEvent"
 
@@ -153,7 +152,7 @@ def classify_record(record: S3RecordModel, bucket: str) -> ImageUpload | Dropped
         return Dropped(key, DropReason.NOT_OBJECT_CREATED)
     if record.s3.bucket.name != bucket:
         return Dropped(key, DropReason.OTHER_BUCKET)
-    if not key.startswith(ACCEPTED_PREFIXES):
+    if not key.startswith(PHOTO_PREFIXES):
         return Dropped(key, DropReason.OUTSIDE_PREFIX)
     if key.endswith("/"):
         return Dropped(key, DropReason.FOLDER_MARKER)

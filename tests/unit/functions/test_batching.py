@@ -100,20 +100,21 @@ def test_a_manifest_is_written_once_and_a_replay_leaves_it_untouched(bucket):
     assert parse_manifest(written).items == manifest.items
 
 
-def test_a_full_manifest_pages_through_every_image_under_raw(bucket):
+def test_a_full_manifest_pages_through_every_photo_under_raw_and_inbox(bucket):
     # GIVEN 1,003 images under raw/ (more than one 1,000-key page), a non-image and an inbox photo
     s3 = boto3.client("s3")
     for i in range(1003):
         s3.put_object(Bucket=BUCKET, Key=f"raw/Kiwi/{i:04d}.jpg", Body=b"x")
     s3.put_object(Bucket=BUCKET, Key="raw/Kiwi/notes.txt", Body=b"x")
     s3.put_object(Bucket=BUCKET, Key="inbox/1.jpg", Body=b"x")
+    s3.put_object(Bucket=BUCKET, Key="exports/2.jpg", Body=b"x")
 
     # WHEN the full manifest is built
     manifest = full_manifest(s3, BUCKET)
 
-    # THEN it holds exactly the 1,003 photos, in full mode, with unquoted ETags
+    # THEN it holds exactly the 1,003 labelled photos and the inbox photo, with unquoted ETags
     assert manifest.mode == "full"
-    assert len(manifest.items) == 1003
-    assert {item.key.rsplit("/", 1)[1] for item in manifest.items} == {f"{i:04d}.jpg" for i in range(1003)}
+    assert len(manifest.items) == 1004
+    assert {item.key for item in manifest.items} == {f"raw/Kiwi/{i:04d}.jpg" for i in range(1003)} | {"inbox/1.jpg"}
     assert all('"' not in item.etag for item in manifest.items)
     assert json.loads(manifest.to_json())["items"][0]["size"] == 1
