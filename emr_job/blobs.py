@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from functools import lru_cache
 from urllib.parse import unquote, urlparse
 
 
@@ -51,7 +52,9 @@ def local_path(uri: str) -> str:
     raise ValueError(f"{uri!r} is not a local path")
 
 
+@lru_cache(maxsize=1)
 def s3():
+    """One client per process: creating one costs milliseconds, and some callers write per photo."""
     import boto3
 
     return boto3.client("s3")

@@ -34,7 +34,17 @@ DEFAULT_ENGINE = "onnx"
 CACHE_ENV = "VERGER_CACHE_DIR"
 
 _loaded: dict[tuple[str, str, int | None], Extractor] = {}
+_seen: dict[tuple, tuple[str, str, int | None]] = {}
 _load_lock = threading.Lock()
+
+
+def _file_identity(path: str) -> tuple[int, int]:
+    """(size, mtime) of the file, or (-1, -1) when missing, so validation names the problem."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return -1, -1
+    return stat.st_size, stat.st_mtime_ns
 
 
 def weights_sha256(path: str) -> str:
@@ -94,6 +104,10 @@ def load_extractor(
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    # Spark calls this once per task: an unchanged file skips the check and the hash (~50 ms).
+    seen = (os.path.realpath(weights_path), *_file_identity(weights_path), engine, threads)
+    if seen in _seen:
+        return _loaded[_seen[seen]]
     validate_weights(weights_path)
     key = (weights_sha256(weights_path), engine, threads)
     with _load_lock:
@@ -105,6 +119,7 @@ def load_extractor(
                 cache_dir=cache_dir or default_cache_dir(),
             )
             _loaded[key] = _checked(_BUILDERS[engine](options))
+        _seen[seen] = key
         return _loaded[key]
 
 

@@ -76,7 +76,9 @@ def get_object(client, bucket: str, key: str, etag: str) -> Fetched:
 
 
 def read_local(root: str, key: str) -> Fetched:
-    path = os.path.join(root, key)
+    path = os.path.normpath(os.path.join(root, key))
+    if not path.startswith(os.path.join(os.path.normpath(root), "")):
+        return Fetched(key, Rejected(Reason.FORBIDDEN, f"key {key!r} points outside the source folder {root}"))
     try:
         with open(path, "rb") as handle:
             return Fetched(key, handle.read())

@@ -14,8 +14,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from contract.layout import INPUT_SIZE
 
-# A 100 MP photo is already larger than any phone camera; beyond that it is a decompression bomb.
-MAX_PIXELS = 100_000_000
+# PIL's own limit (about 89.5 MP, larger than any phone photo): past it, a decompression bomb.
+# Its warning is made an error once for the process (a per-call warnings filter is not thread-safe).
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 class Reason:
@@ -63,26 +65,18 @@ def decode_rgb(content: bytes) -> Image.Image | Rejected:
     if not content:
         return Rejected(Reason.EMPTY, "the object has zero bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(content))
-            pixels = image.width * image.height
-            if pixels > MAX_PIXELS:
-                return Rejected(
-                    Reason.TOO_MANY_PIXELS,
-                    f"{image.width}x{image.height} = {pixels:,} pixels exceeds the limit of {MAX_PIXELS:,}",
-                )
-            image.load()
+        image = Image.open(io.BytesIO(content))
+        image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         return Rejected(Reason.TOO_MANY_PIXELS, str(error))
     except UnidentifiedImageError:
         return Rejected(Reason.NOT_AN_IMAGE, f"not a format PIL can read (first bytes {content[:8]!r})")
-    except (OSError, SyntaxError, ValueError) as error:
-        return Rejected(Reason.TRUNCATED, f"corrupt or truncated image data: {error}")
+    except Exception as error:  # decoders raise OSError, SyntaxError, struct.error, IndexError…
+        return Rejected(Reason.TRUNCATED, f"corrupt or truncated image data ({type(error).__name__}: {error})")
     try:
         return to_rgb(ImageOps.exif_transpose(image))
-    except (OSError, ValueError) as error:
-        return Rejected(Reason.UNSUPPORTED_MODE, f"cannot convert mode {image.mode} to RGB: {error}")
+    except Exception as error:
+        return Rejected(Reason.UNSUPPORTED_MODE, f"cannot convert mode {image.mode} to RGB ({type(error).__name__}: {error})")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -22,11 +22,13 @@ from contract.manifest import Manifest
 from emr_job import blobs, pca, store
 from emr_job.engines import DEFAULT_ENGINE, load_extractor
 from emr_job.extract import OUTPUT_SCHEMA, extract_partitions
+from emr_job.images import Reason
 from emr_job.readers import current_features, current_pca_version
 from emr_job.suggest import suggest_for_batch
 
 ITEM_SCHEMA = "image_key string, etag string, label string"
 ROWS_PER_PARTITION = 256
+TRANSIENT_REASONS = (Reason.FETCH_FAILED,)
 
 
 @dataclass(frozen=True)
@@ -45,17 +47,23 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
     ingested_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     catalog = store.open_catalog(settings.warehouse)
     latest = latest_etags(store.load_table(catalog, layout.FEATURES_TABLE))
-    if manifest.mode == "full":
-        todo = list(manifest.items)
-    else:
-        todo = [item for item in manifest.items if latest.get(item.key) != item.etag]
+    todo, already_quarantined = list(manifest.items), 0
+    if manifest.mode == "incremental":
+        fresh = [item for item in manifest.items if latest.get(item.key) != item.etag]
+        rejected = quarantined_for_good(store.load_table(catalog, layout.QUARANTINE_TABLE))
+        todo = [item for item in fresh if (item.key, item.etag) not in rejected]
+        already_quarantined = len(fresh) - len(todo)
 
     report: dict = {
         "batch_id": manifest.batch_id,
         "mode": manifest.mode,
         "source": manifest.source,
         "ingested_at": ingested_at,
-        "images": {"in_manifest": len(manifest.items), "already_present": len(manifest.items) - len(todo)},
+        "images": {
+            "in_manifest": len(manifest.items),
+            "already_present": len(manifest.items) - len(todo) - already_quarantined,
+            "already_quarantined": already_quarantined,
+        },
         "seconds": {},
     }
     new_rows = None
@@ -93,9 +101,18 @@ def latest_etags(features_table) -> dict[str, str]:
     """image_key → etag of its current row; only two short columns are read."""
     if features_table is None:
         return {}
-    columns = store.read_columns(features_table, ["image_key", "etag", "ingested_at"]).to_pandas()
-    columns = columns.sort_values(["image_key", "ingested_at"]).drop_duplicates("image_key", keep="last")
+    columns = store.read_columns(features_table, ["image_key", "etag", "ingested_at", "batch_id"]).to_pandas()
+    columns = columns.sort_values(["image_key", "ingested_at", "batch_id"]).drop_duplicates("image_key", keep="last")
     return dict(zip(columns["image_key"], columns["etag"]))
+
+
+def quarantined_for_good(quarantine_table) -> set[tuple[str, str]]:
+    """(image_key, etag) pairs already rejected for a reason a retry cannot change."""
+    if quarantine_table is None:
+        return set()
+    rows = store.read_columns(quarantine_table, ["image_key", "etag", "reason"]).to_pandas()
+    rows = rows[~rows["reason"].isin(TRANSIENT_REASONS)]
+    return set(zip(rows["image_key"], rows["etag"]))
 
 
 def extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at) -> tuple[DataFrame, dict]:
@@ -176,9 +193,9 @@ def extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at) ->
 
 def apply_pca(spark, catalog, manifest, settings, new_rows, latest) -> dict:
     """Refit (full mode, or no model yet) or project this batch's rows with the current model."""
-    features_table = store.load_table(catalog, layout.FEATURES_TABLE)
-    if features_table is None:
-        return {"action": "none", "reason": "no features stored yet"}
+    stored = len(latest_etags(store.load_table(catalog, layout.FEATURES_TABLE)))
+    if stored < 2:
+        return {"action": "none", "reason": f"{stored} feature row(s) stored: a PCA needs at least 2"}
     version = current_pca_version(catalog)
     if manifest.mode == "full" or version is None:
         return refit(spark, catalog, settings, manifest.batch_id)

@@ -73,7 +73,7 @@ def fit_from_moments(
     >>> x = np.array([[0.0, 0.0], [2.0, 0.1], [4.0, -0.1]])
     >>> model = fit_from_moments(3, x.sum(0), x.T @ x, 0.9)
     >>> model.k, np.round(np.abs(model.components[0]), 3).tolist()
-    (1, [1.0, 0.0])
+    (1, [1.0, 0.025])
     """
     if n < 2:
         raise ValueError(f"a PCA needs at least 2 feature rows, got {n}")

@@ -160,6 +160,19 @@ def test_bad_inputs_are_quarantined_with_their_reason_and_good_images_are_stored
     stored = exported(spark, warehouse, tmp_path)
     assert len(stored) == 3 + len(convertible)
     assert report["images"]["quarantined_by_reason"] == {reason: 1 for reason in expected.values()}
+    # AND a replay of the batch neither re-fetches nor re-quarantines them
+    replay = run_manifest(spark, manifest, JobSettings(warehouse, weights))
+    assert replay["images"]["already_quarantined"] == len(expected) and replay["images"]["new"] == 0
+    table = store.load_table(store.open_catalog(warehouse), "quarantine")
+    assert len(store.read_columns(table, ["image_key"])) == len(expected)
+
+
+def test_a_first_batch_of_one_image_is_stored_and_the_pca_waits_for_a_second(spark, fruits, weights, tmp_path):
+    warehouse = str(tmp_path / "warehouse")
+    first = run_manifest(spark, fruit_manifest(fruits, LABELS[:1], count=1), JobSettings(warehouse, weights))
+    assert first["images"]["new"] == 1 and first["pca"]["action"] == "none"
+    second = run_manifest(spark, fruit_manifest(fruits, LABELS[:1], start=1, count=2), JobSettings(warehouse, weights))
+    assert second["pca"]["action"] == "refit" and second["pca"]["rows_fitted"] == 3
 
 
 def test_an_empty_batch_is_a_no_op_with_a_report(spark, weights, tmp_path):

@@ -17,6 +17,9 @@ import yaml
 from moto import mock_aws
 
 
+# The benchmark is a script (python tests/unit/functions/bench_sqs_batch.py), not a test module.
+collect_ignore = ["bench_sqs_batch.py"]
+
 ROOT = Path(__file__).resolve().parents[3]
 EVENTS = ROOT / "events"
 TEMPLATE = ROOT / "template.yaml"

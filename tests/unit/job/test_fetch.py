@@ -45,3 +45,10 @@ def test_object_replaced_since_the_manifest_is_not_read_under_the_old_etag(bucke
 def test_local_missing_file_is_a_missing_reason(tmp_path):
     (item,) = fetch.fetch_all(f"file://{tmp_path}", ["A/1.jpg"], ["e"])
     assert item.content.reason == "missing"
+
+
+def test_a_local_key_that_climbs_out_of_the_source_folder_is_refused(tmp_path):
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    (tmp_path / "images").mkdir()
+    (item,) = fetch.fetch_all(f"file://{tmp_path / 'images'}", ["../secret.jpg"], ["e"])
+    assert item.content.reason == "forbidden" and "outside" in item.content.detail

@@ -79,11 +79,25 @@ def test_corrupt_png_is_quarantined_as_truncated():
     assert preprocess(bytes(content)).reason == Reason.TRUNCATED
 
 
-def test_decompression_bomb_is_quarantined_before_decoding():
-    # GIVEN a tiny PNG whose header claims more pixels than the limit
-    side = int(MAX_PIXELS ** 0.5) + 1
+@pytest.mark.parametrize("scale", [1.01, 2.5], ids=["just-over-the-limit", "far-over-the-limit"])
+def test_decompression_bomb_is_quarantined_before_decoding(scale):
+    # GIVEN a small PNG whose header claims more pixels than the limit
+    side = int((MAX_PIXELS * scale) ** 0.5)
     content = encode(Image.new("1", (side, side)), "PNG")
     # THEN it is refused with the pixel count, not decoded
     rejected = preprocess(content)
     assert rejected.reason == Reason.TOO_MANY_PIXELS
-    assert f"{side}x{side}" in rejected.detail or "pixels" in rejected.detail
+    assert f"{side * side}" in rejected.detail.replace(",", "")
+
+
+def test_a_decoder_failure_of_any_kind_is_a_quarantine_reason(monkeypatch):
+    # GIVEN a decoder that fails with an error PIL does not document (e.g. struct.error)
+    import struct
+
+    def broken(*_, **__):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(Image, "open", broken)
+    # THEN the image is quarantined with the error's name, and nothing is raised
+    rejected = preprocess(jpeg_bytes())
+    assert rejected.reason == Reason.TRUNCATED and "error" in rejected.detail
