@@ -53,7 +53,7 @@ def keras_features(weights: str, paths: list) -> np.ndarray:
 def test_every_image_gets_one_row_with_its_label_and_1280_finite_floats(spark, first_batch, warehouse, tmp_path):
     manifest, report = first_batch
     rows = exported(spark, warehouse, tmp_path)
-    assert report["images"] == {"in_manifest": 360, "already_present": 0, "new": 360, "quarantined": 0,
+    assert report["images"] == {"in_manifest": 360, "already_present": 0, "already_quarantined": 0, "new": 360, "quarantined": 0,
                                 "quarantined_by_reason": {}}
     assert len(rows) == 360 and rows["image_key"].is_unique
     assert sorted(rows["label"].unique()) == sorted(LABELS)
