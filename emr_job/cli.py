@@ -103,7 +103,8 @@ def command_bench(args: argparse.Namespace) -> int:
 
 
 def command_refit(args: argparse.Namespace) -> int:
-    from emr_job.job import JobSettings, refit
+    from emr_job.job import JobSettings
+    from emr_job.projections import refit
     from emr_job.session import get_session
     from emr_job.store import open_catalog
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import numpy as np
 import pandas as pd
 from pyspark import SparkFiles, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -19,26 +17,18 @@ from pyspark.sql import functions as F
 
 from contract import layout
 from contract.manifest import Manifest
-from emr_job import blobs, pca, store
-from emr_job.engines import DEFAULT_ENGINE, load_extractor
+from emr_job import blobs, store
+from emr_job.engines import load_extractor
 from emr_job.extract import OUTPUT_SCHEMA, extract_partitions
 from emr_job.images import Reason
-from emr_job.readers import current_features, current_pca_version
+from emr_job.projections import apply_pca
+from emr_job.readers import latest_etags
+from emr_job.settings import JobSettings
 from emr_job.suggest import suggest_for_batch
 
 ITEM_SCHEMA = "image_key string, etag string, label string"
 ROWS_PER_PARTITION = 256
 TRANSIENT_REASONS = (Reason.FETCH_FAILED,)
-
-
-@dataclass(frozen=True)
-class JobSettings:
-    warehouse: str
-    weights_path: str  # local, already validated
-    variance: float = layout.DEFAULT_VARIANCE_TARGET
-    engine: str = DEFAULT_ENGINE
-    batch_size: int = 32
-    drift_margin: float = 0.05
 
 
 def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings) -> dict:
@@ -95,15 +85,6 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
 
 def report_uri(warehouse: str, batch_id: str) -> str:
     return layout.warehouse_path(store.warehouse_root(warehouse), layout.REPORTS_DIR, f"{batch_id}.json")
-
-
-def latest_etags(features_table) -> dict[str, str]:
-    """image_key → etag of its current row; only two short columns are read."""
-    if features_table is None:
-        return {}
-    columns = store.read_columns(features_table, ["image_key", "etag", "ingested_at", "batch_id"]).to_pandas()
-    columns = columns.sort_values(["image_key", "ingested_at", "batch_id"]).drop_duplicates("image_key", keep="last")
-    return dict(zip(columns["image_key"], columns["etag"]))
 
 
 def quarantined_for_good(quarantine_table) -> set[tuple[str, str]]:
@@ -188,130 +169,4 @@ def extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at) ->
             "extract_wall": round(extract_wall, 3),
             "write_and_commit": round(write_wall, 3),
         },
-    }
-
-
-def apply_pca(spark, catalog, manifest, settings, new_rows, latest) -> dict:
-    """Refit (full mode, or no model yet) or project this batch's rows with the current model."""
-    stored = len(latest_etags(store.load_table(catalog, layout.FEATURES_TABLE)))
-    if stored < 2:
-        return {"action": "none", "reason": f"{stored} feature row(s) stored: a PCA needs at least 2"}
-    version = current_pca_version(catalog)
-    if manifest.mode == "full" or version is None:
-        return refit(spark, catalog, settings, manifest.batch_id)
-    model = pca.load(store.warehouse_root(settings.warehouse), version)
-    rows = rows_to_project(spark, catalog, manifest, model.version, new_rows, latest)
-    projected = project(rows, model).persist(StorageLevel.MEMORY_AND_DISK)
-    sums = projected.agg(
-        F.count("*").alias("rows"),
-        F.sum("total_sq").alias("total_sq"),
-        F.sum("captured_sq").alias("captured_sq"),
-    ).first()
-    files = store.write_rows(
-        projected.select("image_key", "etag", "pca_version", "pca", "batch_id"),
-        sums.rows, settings.warehouse, layout.PROJECTIONS_TABLE, manifest.batch_id,
-    )
-    store.commit_files(catalog, layout.PROJECTIONS_TABLE, files, manifest.batch_id)
-    projected.unpersist()
-    total_sq, captured_sq = sums.total_sq or 0.0, sums.captured_sq or 0.0
-    return {
-        "action": "applied",
-        "version": model.version,
-        "k": model.k,
-        "rows_projected": sums.rows,
-        "drift": pca.drift(total_sq, captured_sq, total_sq - captured_sq, sums.rows, model.target,
-                           settings.drift_margin),
-    }
-
-
-def rows_to_project(spark, catalog, manifest, version, new_rows, latest) -> DataFrame:
-    """This batch's new rows, plus stored rows of its keys that a killed earlier run left unprojected."""
-    new_keys = set()
-    frames = []
-    if new_rows is not None:
-        frames.append(new_rows.select("image_key", "etag", "features", "batch_id"))
-        new_keys = {item.key for item in manifest.items if latest.get(item.key) != item.etag}
-    projections = store.load_table(catalog, layout.PROJECTIONS_TABLE)
-    done = set()
-    if projections is not None:
-        stored = store.read_columns(projections, ["image_key", "etag", "pca_version"]).to_pandas()
-        stored = stored[stored["pca_version"] == version]
-        done = set(zip(stored["image_key"], stored["etag"]))
-    missing = {
-        (item.key, latest[item.key]) for item in manifest.items
-        if item.key in latest and item.key not in new_keys and (item.key, latest[item.key]) not in done
-    }
-    if missing:
-        keys = sorted(key for key, _ in missing)
-        frames.append(
-            current_features(spark, catalog).where(F.col("image_key").isin(keys))
-            .select("image_key", "etag", "features", F.lit(manifest.batch_id).alias("batch_id"))
-        )
-    if not frames:
-        return spark.createDataFrame([], "image_key string, etag string, features array<float>, batch_id string")
-    combined = frames[0]
-    for frame in frames[1:]:
-        combined = combined.unionByName(frame)
-    return combined
-
-
-PROJECTION_SCHEMA = (
-    "image_key string, etag string, batch_id string, pca_version string, pca array<float>, "
-    "total_sq double, captured_sq double"
-)
-
-
-def project(rows: DataFrame, model: pca.PcaModel) -> DataFrame:
-    """Projections plus each row's squared norms (centred, and captured) for the drift figures."""
-    shared = rows.sparkSession.sparkContext.broadcast(model)
-
-    def run(frames):
-        model_ = shared.value
-        for frame in frames:
-            if frame.empty:
-                continue
-            x = np.stack(frame["features"].to_numpy()).astype(np.float64)  # (n, d)
-            centred = x - model_.mean  # (n, d)
-            coordinates = centred @ model_.components.T  # (n, k)
-            yield pd.DataFrame(
-                {
-                    "image_key": frame["image_key"],
-                    "etag": frame["etag"],
-                    "batch_id": frame["batch_id"],
-                    "pca_version": model_.version,
-                    "pca": list(coordinates.astype(np.float32)),
-                    "total_sq": (centred ** 2).sum(axis=1),
-                    "captured_sq": (coordinates ** 2).sum(axis=1),
-                }
-            )
-
-    return rows.mapInPandas(run, PROJECTION_SCHEMA)
-
-
-def refit(spark, catalog, settings: JobSettings, batch_id: str = "refit") -> dict:
-    """Fit over every current feature row, project them all, and switch the pointer in one commit."""
-    features = current_features(spark, catalog).persist(StorageLevel.MEMORY_AND_DISK)
-    model = pca.fit(features, settings.variance)
-    warehouse = store.warehouse_root(settings.warehouse)
-    pca.save(model, warehouse)
-    began = time.perf_counter()
-    projected = project(features.withColumn("batch_id", F.lit(batch_id)), model)
-    files = store.write_rows(
-        projected.select("image_key", "etag", "pca_version", "pca", "batch_id"),
-        model.rows_fitted, settings.warehouse, layout.PROJECTIONS_TABLE, batch_id,
-    )
-    store.commit_files(
-        catalog, layout.PROJECTIONS_TABLE, files, batch_id, replace=True,
-        properties={layout.CURRENT_PCA_PROPERTY: model.version},
-    )
-    features.unpersist()
-    return {
-        "action": "refit",
-        "version": model.version,
-        "k": model.k,
-        "target": model.target,
-        "rows_fitted": model.rows_fitted,
-        "cumulative_at_k": round(float(model.explained_variance_ratio[: model.k].sum()), 6),
-        "fit_seconds": round(model.fit_seconds, 3),
-        "project_and_commit_seconds": round(time.perf_counter() - began, 3),
     }

@@ -22,6 +22,15 @@ def current_pca_version(catalog) -> str | None:
     return projections.properties.get(layout.CURRENT_PCA_PROPERTY)
 
 
+def latest_etags(features_table) -> dict[str, str]:
+    """image_key → etag of its current row; only two short columns are read."""
+    if features_table is None:
+        return {}
+    columns = store.read_columns(features_table, ["image_key", "etag", "ingested_at", "batch_id"]).to_pandas()
+    columns = columns.sort_values(["image_key", "ingested_at", "batch_id"]).drop_duplicates("image_key", keep="last")
+    return dict(zip(columns["image_key"], columns["etag"]))
+
+
 def current_features(spark: SparkSession, catalog) -> DataFrame:
     """The latest row per image key (a re-upload with a new etag supersedes the old row)."""
     files = store.data_files(store.load_table(catalog, layout.FEATURES_TABLE))

@@ -13,7 +13,8 @@ from sklearn.decomposition import PCA
 
 from emr_job import pca, store
 from emr_job.folders import manifest_for_folder
-from emr_job.job import JobSettings, refit, run_manifest
+from emr_job.job import JobSettings, run_manifest
+from emr_job.projections import refit
 from emr_job.readers import current_pca_version, export
 from tests.integration.conftest import fruit_manifest, run_verger_killed_at_commit
 

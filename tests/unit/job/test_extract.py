@@ -1,5 +1,4 @@
 """The partition function with fake extractors: batching, quarantine rows, shape checks."""
-import io
 
 import numpy as np
 import pandas as pd

@@ -1,0 +1,17 @@
+"""What one run of the job needs to know beyond its manifest."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from contract import layout
+from emr_job.engines import DEFAULT_ENGINE
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    warehouse: str
+    weights_path: str  # local, already validated
+    variance: float = layout.DEFAULT_VARIANCE_TARGET
+    engine: str = DEFAULT_ENGINE
+    batch_size: int = 32
+    drift_margin: float = 0.05
