@@ -5,7 +5,7 @@ import os
 from urllib.parse import urlparse
 
 from emr_job import blobs
-from emr_job.engines import default_cache_dir
+from emr_job.engines import default_cache_dir, weights_sha256
 from emr_job.engines_weights import WeightsError, validate_weights
 
 KERAS_WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
@@ -13,6 +13,7 @@ KERAS_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/" + KERAS_WEIGHTS_FILE
 )
 WEIGHTS_ENV = "VERGER_WEIGHTS"
+CHECKSUM_METADATA = "sha256"  # the object metadata key bootstrap.stage writes
 
 
 def resolve_weights(spec: str | None) -> str:
@@ -29,15 +30,29 @@ def resolve_weights(spec: str | None) -> str:
     if spec == "imagenet":
         path = download_imagenet()
     elif urlparse(spec).scheme == "s3":
-        path = os.path.join(default_cache_dir(), "weights", os.path.basename(urlparse(spec).path))
-        if not os.path.exists(path):
-            try:
-                blobs.write_bytes(path, blobs.read_bytes(spec))
-            except Exception as error:  # any S3 failure: say which URI and why
-                raise WeightsError(f"cannot download weights {spec}: {error}") from error
+        path = download_s3(spec)
     else:
         path = os.path.abspath(blobs.local_path(spec))
     validate_weights(path)
+    return path
+
+
+def download_s3(uri: str) -> str:
+    """Download once per object version (the cache is keyed by its ETag), and check the sha256
+    that `python -m bootstrap.stage` records as object metadata."""
+    parsed = urlparse(uri)
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    try:
+        head = blobs.s3().head_object(Bucket=bucket, Key=key)
+        path = os.path.join(default_cache_dir(), "weights", head["ETag"].strip('"'), os.path.basename(key))
+        if not os.path.exists(path):
+            blobs.write_bytes(path, blobs.read_bytes(uri))
+    except Exception as error:  # any S3 failure: say which URI and why
+        raise WeightsError(f"cannot download weights {uri}: {error}") from error
+    expected = head.get("Metadata", {}).get(CHECKSUM_METADATA)
+    if expected and weights_sha256(path) != expected:
+        os.remove(path)
+        raise WeightsError(f"weights {uri} do not match the sha256 recorded when they were staged ({expected})")
     return path
 
 

@@ -1,11 +1,13 @@
 """The EMR step's entry point refuses bad arguments before starting Spark, naming the problem."""
 import hashlib
+import os
 
 import boto3
 import pytest
 from moto import mock_aws
 
 from contract.manifest import build_manifest
+from emr_job import blobs
 from emr_job.engines_weights import WeightsError
 from emr_job.step import main
 from emr_job.weights import resolve_weights
@@ -35,16 +37,34 @@ def test_no_weights_at_all_is_an_error_not_random_weights(monkeypatch):
         resolve_weights(None)
 
 
-def test_weights_from_s3_are_downloaded_once_and_checked(tmp_path, monkeypatch):
-    # GIVEN the genuine weights staged in a (moto) bucket
+@pytest.fixture
+def bucket(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
     monkeypatch.setenv("VERGER_CACHE_DIR", str(tmp_path / "cache"))
     with mock_aws():
+        blobs.s3.cache_clear()
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="verger-test", CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
-        s3.put_object(Bucket="verger-test", Key="models/w.h5", Body=WEIGHTS.read_bytes())
-        # WHEN resolved THEN a local copy with the same bytes is returned
-        path = resolve_weights("s3://verger-test/models/w.h5")
-    assert hashlib.sha256(open(path, "rb").read()).digest() == hashlib.sha256(WEIGHTS.read_bytes()).digest()
+        yield s3
+    blobs.s3.cache_clear()
+
+
+def test_weights_staged_in_s3_are_downloaded_once_per_version_and_checked(bucket):
+    # GIVEN the genuine weights staged with their sha256, as bootstrap.stage does
+    digest = hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()
+    bucket.put_object(Bucket="verger-test", Key="models/w.h5", Body=WEIGHTS.read_bytes(), Metadata={"sha256": digest})
+    # WHEN resolved twice
+    path = resolve_weights("s3://verger-test/models/w.h5")
+    modified = os.path.getmtime(path)
+    again = resolve_weights("s3://verger-test/models/w.h5")
+    # THEN the same local copy serves both, with the staged bytes
+    assert again == path and os.path.getmtime(again) == modified
+    assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest
+
+
+def test_weights_whose_bytes_do_not_match_the_staged_sha256_are_refused(bucket):
+    bucket.put_object(Bucket="verger-test", Key="models/w.h5", Body=WEIGHTS.read_bytes(), Metadata={"sha256": "0" * 64})
+    with pytest.raises(WeightsError, match="do not match the sha256"):
+        resolve_weights("s3://verger-test/models/w.h5")
