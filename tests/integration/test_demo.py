@@ -56,7 +56,8 @@ def test_first_wave_is_stored_as_one_batch_that_fits_the_pca(demo):
     report = batch_report(warehouse, only_batch(wave))
     # THEN the 120 uploads (plus moto's s3:TestEvent) became one manifest, all extracted, PCA fitted
     assert wave.images_uploaded == 120 and wave.records == 121
-    assert report["images"] == {"in_manifest": 120, "already_present": 0, "new": 120, "quarantined": 0,
+    assert report["images"] == {"in_manifest": 120, "already_present": 0, "already_quarantined": 0,
+                                "new": 120, "quarantined": 0,
                                 "quarantined_by_reason": {}}
     assert report["pca"]["action"] == "refit" and report["pca"]["rows_fitted"] == 120
     assert (wave.feature_rows, wave.feature_keys) == (120, 120)
