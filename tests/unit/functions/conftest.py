@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import boto3
 import pytest
-import yaml
 from moto import mock_aws
+
+from verger.template import Resolver, load_template, resource_properties
+from verger.template import function_environment as template_function_environment
 
 
 # The benchmark is a script (python tests/unit/functions/bench_sqs_batch.py), not a test module.
@@ -29,103 +30,20 @@ REGION = "eu-west-3"
 ROLE_ARN = "arn:aws:iam::123456789012:role/verger-serverless-job"
 
 
-@dataclass
-class CfnTag:
-    """A CloudFormation intrinsic (`!Ref`, `!Sub`, …) kept as data instead of failing the load."""
-
-    name: str
-    value: Any
-
-
-class CfnLoader(yaml.SafeLoader):
-    pass
-
-
-def _construct_tag(loader: CfnLoader, suffix: str, node: yaml.Node) -> CfnTag:
-    if isinstance(node, yaml.ScalarNode):
-        return CfnTag(suffix, loader.construct_scalar(node))
-    if isinstance(node, yaml.SequenceNode):
-        return CfnTag(suffix, loader.construct_sequence(node, deep=True))
-    return CfnTag(suffix, loader.construct_mapping(node, deep=True))
-
-
-CfnLoader.add_multi_constructor("!", _construct_tag)
-
-
-def load_template() -> dict[str, Any]:
-    return yaml.load(TEMPLATE.read_text(encoding="utf-8"), Loader=CfnLoader)
-
-
-class TemplateResolver:
-    """Evaluates the intrinsics the template's environment uses, with test values for references.
-
-    A reference to a parameter without a test value takes the parameter's Default, so defaults
-    are read from the template rather than repeated here.
-    """
-
-    def __init__(self, template: dict[str, Any], refs: dict[str, str]) -> None:
-        defaults = {
-            name: str(spec["Default"])
-            for name, spec in template.get("Parameters", {}).items()
-            if "Default" in spec
-        }
-        self.refs = {"AWS::Region": REGION, "AWS::AccountId": "123456789012", **defaults, **refs}
-        self.conditions = template.get("Conditions", {})
-
-    def resolve(self, node: Any) -> Any:
-        if not isinstance(node, CfnTag):
-            return node
-        if node.name == "Ref":
-            return self._ref(node.value)
-        if node.name == "GetAtt":
-            target = node.value if isinstance(node.value, str) else ".".join(node.value)
-            return self._ref(target)
-        if node.name == "Sub":
-            text = node.value if isinstance(node.value, str) else node.value[0]
-            return re.sub(r"\$\{([^}]+)\}", lambda match: self._ref(match.group(1)), text)
-        if node.name == "If":
-            condition, when_true, when_false = node.value
-            return self.resolve(when_true if self.condition(condition) else when_false)
-        raise AssertionError(f"the test resolver does not know !{node.name}: extend it")
-
-    def condition(self, name: str) -> bool:
-        return self._truth(self.conditions[name])
-
-    def _truth(self, node: Any) -> bool:
-        if node.name == "Equals":
-            left, right = (str(self.resolve(part)) for part in node.value)
-            return left == right
-        if node.name == "And":
-            return all(self._truth(part) for part in node.value)
-        if node.name == "Or":
-            return any(self._truth(part) for part in node.value)
-        if node.name == "Not":
-            return not self._truth(node.value[0])
-        if node.name == "Condition":
-            return self.condition(node.value)
-        raise AssertionError(f"the test resolver does not know condition !{node.name}")
-
-    def _ref(self, name: str) -> str:
-        if name not in self.refs:
-            raise AssertionError(f"template refers to {name!r}: give the test a value for it")
-        return self.refs[name]
+def resolver(refs: dict[str, str]) -> Resolver:
+    """The demo's template reader, with test values for the account and the references."""
+    return Resolver(load_template(TEMPLATE), {"AWS::Region": REGION, "AWS::AccountId": "123456789012", **refs})
 
 
 def global_environment(refs: dict[str, str]) -> dict[str, str]:
     """The environment `Globals` gives every function (the Powertools settings)."""
-    template = load_template()
-    resolver = TemplateResolver(template, refs)
-    variables = template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
-    return {name: str(resolver.resolve(value)) for name, value in variables.items()}
+    variables = load_template(TEMPLATE).get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+    return {name: str(value) for name, value in resolver(refs).resolve(variables).items()}
 
 
 def function_environment(refs: dict[str, str]) -> dict[str, str]:
     """The trigger's environment as deployed: Globals merged with the function's own variables."""
-    template = load_template()
-    resolver = TemplateResolver(template, refs)
-    variables = template["Resources"][FUNCTION]["Properties"].get("Environment", {}).get("Variables", {})
-    own = {name: str(resolver.resolve(value)) for name, value in variables.items()}
-    return {**global_environment(refs), **own}
+    return template_function_environment(load_template(TEMPLATE), FUNCTION, resolver(refs))
 
 
 # Lambda sets the environment before it imports the handler, and Powertools reads its settings
@@ -136,7 +54,7 @@ os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 
 
 def function_handler() -> str:
-    return load_template()["Resources"][FUNCTION]["Properties"]["Handler"]
+    return resource_properties(load_template(TEMPLATE), FUNCTION)["Handler"]
 
 
 def load_event(name: str) -> dict[str, Any]:
