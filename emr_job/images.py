@@ -6,7 +6,6 @@ and a message a person can act on. Nothing here raises for bad bytes.
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,9 +14,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from contract.layout import INPUT_SIZE
 
 # PIL's own limit (about 89.5 MP, larger than any phone photo): past it, a decompression bomb.
-# Its warning is made an error once for the process (a per-call warnings filter is not thread-safe).
+# PIL only warns between 1x and 2x the limit, so the size is checked from the header, before
+# decoding (a warnings filter would be process-wide state, and not thread-safe to toggle).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
-warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 class Reason:
@@ -66,8 +65,14 @@ def decode_rgb(content: bytes) -> Image.Image | Rejected:
         return Rejected(Reason.EMPTY, "the object has zero bytes")
     try:
         image = Image.open(io.BytesIO(content))
+        if image.width * image.height > MAX_PIXELS:
+            return Rejected(
+                Reason.TOO_MANY_PIXELS,
+                f"{image.width}x{image.height} = {image.width * image.height:,} pixels exceeds the "
+                f"limit of {MAX_PIXELS:,}",
+            )
         image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except Image.DecompressionBombError as error:
         return Rejected(Reason.TOO_MANY_PIXELS, str(error))
     except UnidentifiedImageError:
         return Rejected(Reason.NOT_AN_IMAGE, f"not a format PIL can read (first bytes {content[:8]!r})")
