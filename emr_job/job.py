@@ -56,9 +56,10 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
         },
         "seconds": {},
     }
-    new_rows = None
+    extracted = new_rows = None
     if todo:
-        new_rows, extraction = extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at)
+        extracted, extraction = extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at)
+        new_rows = extracted.where(F.col("reason").isNull())
         report["images"].update(extraction["images"])
         report["seconds"].update(extraction["seconds"])
     else:
@@ -72,8 +73,8 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
             spark, catalog, settings.warehouse, manifest.source, manifest.batch_id,
             new_rows.where(F.col("label").isNull()),
         )
-    if new_rows is not None:
-        new_rows.unpersist()
+    if extracted is not None:
+        extracted.unpersist()
 
     total = time.perf_counter() - started
     report["seconds"]["total"] = round(total, 3)
@@ -97,8 +98,8 @@ def quarantined_for_good(quarantine_table) -> set[tuple[str, str]]:
 
 
 def extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at) -> tuple[DataFrame, dict]:
-    """Features for `todo`, committed with their quarantine rows; returns the new feature rows
-    (persisted, for the PCA step) and the extraction part of the report."""
+    """Features for `todo`, committed with their quarantine rows; returns every extracted row
+    (persisted, for the PCA step; the caller unpersists it) and the extraction part of the report."""
     items = pd.DataFrame(
         {
             "image_key": [item.key for item in todo],
@@ -156,7 +157,7 @@ def extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at) ->
     def task_seconds(name: str) -> float:
         return round(sum(getattr(row, name) or 0.0 for row in outcomes), 3)
 
-    return extracted.where(F.col("reason").isNull()), {
+    return extracted, {
         "images": {
             "new": new_count,
             "quarantined": sum(by_reason.values()),
