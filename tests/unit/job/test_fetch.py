@@ -1,43 +1,27 @@
 """Fetching from S3 (moto) and local files: bytes, or a quarantine reason, never an exception."""
-import boto3
-import pytest
-from moto import mock_aws
 
 from emr_job import fetch
 from emr_job.images import Rejected
 
 
-@pytest.fixture
-def bucket(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
-    with mock_aws():
-        fetch.s3_client.cache_clear()
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="photos", CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
-        yield client
-    fetch.s3_client.cache_clear()
-
-
 def test_s3_objects_are_fetched_in_order_with_decoded_keys(bucket):
     # GIVEN objects whose keys hold a space and a non-ASCII letter
     keys = [f"raw/Apple Red/pomme é {index}.jpg" for index in range(20)]
-    etags = [bucket.put_object(Bucket="photos", Key=key, Body=key.encode())["ETag"] for key in keys]
+    etags = [bucket.put_object(Bucket="verger-test", Key=key, Body=key.encode())["ETag"] for key in keys]
     # WHEN fetched concurrently
-    fetched = list(fetch.fetch_all("s3://photos", keys, [etag.strip('"') for etag in etags]))
+    fetched = list(fetch.fetch_all("s3://verger-test", keys, [etag.strip('"') for etag in etags]))
     # THEN each key gets its own bytes, in order
     assert [item.content for item in fetched] == [key.encode() for key in keys]
 
 
 def test_missing_object_is_a_missing_reason(bucket):
-    (item,) = fetch.fetch_all("s3://photos", ["raw/A/none.jpg"], ["abc"])
+    (item,) = fetch.fetch_all("s3://verger-test", ["raw/A/none.jpg"], ["abc"])
     assert isinstance(item.content, Rejected) and item.content.reason == "missing"
 
 
 def test_object_replaced_since_the_manifest_is_not_read_under_the_old_etag(bucket):
-    bucket.put_object(Bucket="photos", Key="raw/A/1.jpg", Body=b"new bytes")
-    (item,) = fetch.fetch_all("s3://photos", ["raw/A/1.jpg"], ["0123456789abcdef0123456789abcdef"])
+    bucket.put_object(Bucket="verger-test", Key="raw/A/1.jpg", Body=b"new bytes")
+    (item,) = fetch.fetch_all("s3://verger-test", ["raw/A/1.jpg"], ["0123456789abcdef0123456789abcdef"])
     assert item.content.reason == "missing"
     assert "no longer has etag" in item.content.detail
 

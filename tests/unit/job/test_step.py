@@ -2,12 +2,9 @@
 import hashlib
 import os
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from contract.manifest import build_manifest
-from emr_job import blobs
 from emr_job.engines_weights import WeightsError
 from emr_job.step import main
 from emr_job.weights import resolve_weights
@@ -35,20 +32,6 @@ def test_no_weights_at_all_is_an_error_not_random_weights(monkeypatch):
     monkeypatch.delenv("VERGER_WEIGHTS", raising=False)
     with pytest.raises(WeightsError, match="no weights given"):
         resolve_weights(None)
-
-
-@pytest.fixture
-def bucket(tmp_path, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
-    monkeypatch.setenv("VERGER_CACHE_DIR", str(tmp_path / "cache"))
-    with mock_aws():
-        blobs.s3.cache_clear()
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="verger-test", CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
-        yield s3
-    blobs.s3.cache_clear()
 
 
 def test_weights_staged_in_s3_are_downloaded_once_per_version_and_checked(bucket):
