@@ -22,6 +22,7 @@ from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bootstrap.locks import JOB_LOCK, REPO_ROOT
+from contract.layout import WEIGHTS_CHECKSUM_METADATA
 
 CODE_PREFIX = "code/"
 MODELS_PREFIX = "models/"
@@ -32,7 +33,6 @@ LOCK_KEY = f"{CODE_PREFIX}{JOB_LOCK.filename}"
 WHEEL_GLOB_PREFIX = f"{CODE_PREFIX}verger-"
 # The key template.yaml passes to the job as VERGER_WEIGHTS_URI, whatever the local file is called.
 WEIGHTS_KEY = f"{MODELS_PREFIX}mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-CHECKSUM_METADATA = "sha256"
 
 
 class StageError(RuntimeError):
@@ -72,7 +72,7 @@ def build_wheel(project: Path, out_dir: Path, isolated: bool = True) -> Path:
 def upload(s3, bucket: str, path: Path, key: str, content_type: str | None = None) -> Staged:
     """Upload with the content's sha256 as object metadata, so a node can verify what it fetched."""
     checksum = sha256_of(path)
-    extra = {"Metadata": {CHECKSUM_METADATA: checksum}}
+    extra = {"Metadata": {WEIGHTS_CHECKSUM_METADATA: checksum}}
     if content_type:
         extra["ContentType"] = content_type
     s3.upload_file(str(path), bucket, key, ExtraArgs=extra)

@@ -10,6 +10,8 @@ RAW_PREFIX = "raw/"
 INBOX_PREFIX = "inbox/"
 MANIFEST_PREFIX = "manifests/"
 SUGGESTION_PREFIX = "suggestions/"
+# Object metadata key under which staging records the weights' sha256 and the job checks it.
+WEIGHTS_CHECKSUM_METADATA = "sha256"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Where photos are accepted: labelled under raw/<Label>/, unlabelled in the inbox. A full recompute
 # rebuilds the store from both, since it replaces every stored row.

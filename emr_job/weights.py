@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlparse
 
+from contract.layout import WEIGHTS_CHECKSUM_METADATA
 from emr_job import blobs
 from emr_job.engines import default_cache_dir, weights_sha256
 from emr_job.engines_weights import WeightsError, validate_weights
@@ -13,7 +14,6 @@ KERAS_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/" + KERAS_WEIGHTS_FILE
 )
 WEIGHTS_ENV = "VERGER_WEIGHTS"
-CHECKSUM_METADATA = "sha256"  # the object metadata key bootstrap.stage writes
 
 
 def resolve_weights(spec: str | None) -> str:
@@ -49,7 +49,7 @@ def download_s3(uri: str) -> str:
             blobs.write_bytes(path, blobs.read_bytes(uri))
     except Exception as error:  # any S3 failure: say which URI and why
         raise WeightsError(f"cannot download weights {uri}: {error}") from error
-    expected = head.get("Metadata", {}).get(CHECKSUM_METADATA)
+    expected = head.get("Metadata", {}).get(WEIGHTS_CHECKSUM_METADATA)
     if expected and weights_sha256(path) != expected:
         os.remove(path)
         raise WeightsError(f"weights {uri} do not match the sha256 recorded when they were staged ({expected})")
