@@ -13,7 +13,11 @@ from typing import Any, Iterable
 from urllib.parse import urlparse
 
 MANIFEST_VERSION = 1
-MODES = ("incremental", "full")
+MODES = ("incremental", "full", "sweep")
+# In these modes the job lists the source itself (raw/ and inbox/, distributed) instead of reading
+# items: a million-photo listing fits neither a Lambda nor a manifest. Their items stay empty and a
+# nonce (the request's time or id) keeps two requests apart.
+LISTING_MODES = ("full", "sweep")
 SOURCE_SCHEMES = ("s3", "file")
 
 
@@ -23,12 +27,17 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class ManifestItem:
-    """One image to process; `key` is decoded (spaces, unicode) and relative to the source."""
+    """One image to process; `key` is decoded (spaces, unicode) and relative to the source.
+
+    `removed` marks an `ObjectRemoved` notification: the job erases the key's rows unless the
+    object exists again by then (the etag of a removal is empty: S3 sends none).
+    """
 
     key: str
     etag: str
     size: int | None = None
     sequencer: str | None = None
+    removed: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,7 @@ class Manifest:
     created_at: str
     version: int = MANIFEST_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    nonce: str = ""
 
     @property
     def bucket(self) -> str | None:
@@ -58,8 +68,8 @@ class Manifest:
         return json.dumps(body, ensure_ascii=False, indent=1, sort_keys=True)
 
 
-def batch_id_for(mode: str, source: str, items: Iterable[ManifestItem]) -> str:
-    """Content hash of what the batch processes; time and order play no part.
+def batch_id_for(mode: str, source: str, items: Iterable[ManifestItem], nonce: str = "") -> str:
+    """Content hash of what the batch processes (and of its nonce); time and order play no part.
 
     Examples
     --------
@@ -67,10 +77,14 @@ def batch_id_for(mode: str, source: str, items: Iterable[ManifestItem]) -> str:
     >>> b = ManifestItem("raw/Kiwi/2.jpg", "e2")
     >>> batch_id_for("incremental", "s3://b", [a, b]) == batch_id_for("incremental", "s3://b", [b, a])
     True
+    >>> batch_id_for("sweep", "s3://b", [], "2026-11-23T00:00:00Z") == batch_id_for("sweep", "s3://b", [])
+    False
     """
     digest = hashlib.sha256(f"{mode}\n{source}\n".encode())
-    for key, etag in sorted({(item.key, item.etag) for item in items}):
-        digest.update(f"{key}\0{etag}\n".encode())
+    if nonce:
+        digest.update(f"nonce\0{nonce}\n".encode())
+    for key, etag, removed in sorted({(item.key, item.etag, item.removed) for item in items}):
+        digest.update(f"{key}\0{etag}{chr(0) + 'removed' if removed else ''}\n".encode())
     return f"{mode[:4]}-{digest.hexdigest()[:20]}"
 
 
@@ -80,6 +94,7 @@ def build_manifest(
     items: Iterable[ManifestItem],
     created_at: datetime | None = None,
     extra: dict[str, Any] | None = None,
+    nonce: str = "",
 ) -> Manifest:
     """Deduplicate items by key (last one wins) and seal them under a content-derived batch id."""
     by_key: dict[str, ManifestItem] = {}
@@ -87,12 +102,13 @@ def build_manifest(
         by_key[item.key] = item
     unique = tuple(sorted(by_key.values(), key=lambda item: item.key))
     manifest = Manifest(
-        batch_id=batch_id_for(mode, source, unique),
+        batch_id=batch_id_for(mode, source, unique, nonce),
         mode=mode,
         source=source.rstrip("/"),
         items=unique,
         created_at=(created_at or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
         extra=dict(extra or {}),
+        nonce=nonce,
     )
     validate(manifest)
     return manifest
@@ -118,14 +134,20 @@ def parse_manifest(text: str | bytes) -> Manifest:
         raise ManifestError("manifest field 'items' must be a list")
     items = []
     for index, raw in enumerate(body["items"]):
-        if not isinstance(raw, dict) or not raw.get("key") or not raw.get("etag"):
-            raise ManifestError(f"manifest item {index} needs a non-empty 'key' and 'etag'")
+        if not isinstance(raw, dict) or not raw.get("key"):
+            raise ManifestError(f"manifest item {index} needs a non-empty 'key'")
+        removed = raw.get("removed", False)
+        if not isinstance(removed, bool):
+            raise ManifestError(f"manifest item {index}: 'removed' must be true or false")
+        if not removed and not raw.get("etag"):
+            raise ManifestError(f"manifest item {index} needs a non-empty 'etag' (only removals have none)")
         items.append(
             ManifestItem(
                 key=str(raw["key"]),
-                etag=str(raw["etag"]),
+                etag=str(raw.get("etag") or ""),
                 size=raw.get("size"),
                 sequencer=raw.get("sequencer"),
+                removed=removed,
             )
         )
     manifest = Manifest(
@@ -136,6 +158,7 @@ def parse_manifest(text: str | bytes) -> Manifest:
         created_at=str(body["created_at"]),
         version=version,
         extra=dict(body.get("extra") or {}),
+        nonce=str(body.get("nonce") or ""),
     )
     validate(manifest)
     return manifest
@@ -149,6 +172,7 @@ def validate(manifest: Manifest) -> None:
         raise ManifestError(f"source {manifest.source!r} must be a bucket (s3://bucket), not a prefix")
     if not manifest.batch_id:
         raise ManifestError("manifest field 'batch_id' is empty")
+
 
 
 def check_uri(uri: str, what: str, schemes: tuple[str, ...]) -> None:

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from contract.manifest import ManifestError, parse_manifest
     from emr_job import blobs
-    from emr_job.engines_weights import WeightsError
+    from emr_job.engines.weights_file import WeightsError
     from emr_job.job import JobSettings, run_manifest
     from emr_job.session import get_session
     from emr_job.weights import resolve_weights

@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 from contract.layout import WEIGHTS_CHECKSUM_METADATA
 from emr_job import blobs
 from emr_job.engines import default_cache_dir, weights_sha256
-from emr_job.engines_weights import WeightsError, validate_weights
+from emr_job.engines.weights_file import WeightsError, validate_weights
 
 KERAS_WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 KERAS_WEIGHTS_URL = (

@@ -6,8 +6,8 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from emr_job.cli import add_commands
-    from emr_job.suggest_cli import add_commands as add_suggest_commands
+    from verger.commands import add_commands
+    from verger.suggest_commands import add_commands as add_suggest_commands
     from verger.demo import add_command as add_demo_command
 
     parser = argparse.ArgumentParser(prog="verger", description=__doc__)

@@ -58,7 +58,7 @@ def test_onnx_engine_reloads_from_the_cache_in_a_new_process_with_the_same_featu
     first = load_extractor(WEIGHTS, "onnx", threads=1, cache_dir=str(tmp_path))(photos[:8])
     cached = sorted(path.name for path in tmp_path.iterdir())
     # WHEN the same cache is used from a fresh session (no new conversion)
-    from emr_job.engines_onnx import cached_model_path, onnx_extractor
+    from emr_job.engines.onnx_runtime import cached_model_path, onnx_extractor
     from emr_job.engines import weights_sha256
 
     path = cached_model_path(weights_sha256(WEIGHTS), str(tmp_path))

@@ -15,9 +15,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from emr_job import engines, engines_onnx
+from emr_job import engines
+from emr_job.engines import onnx_runtime as engines_onnx
 from emr_job.engines import WeightsError, check_batch, load_extractor, weights_sha256
-from emr_job.engines_weights import expected_layer_shapes
+from emr_job.engines.weights_file import expected_layer_shapes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

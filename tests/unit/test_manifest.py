@@ -44,7 +44,7 @@ def test_duplicate_keys_in_one_batch_keep_the_last_version():
         (lambda body: body.update(source="s3://b/raw"), "must be a bucket"),
         (lambda body: body.update(source="file://../images"), "absolute path"),
         (lambda body: body.update(mode="sometimes"), "unknown mode 'sometimes'"),
-        (lambda body: body["items"].append({"key": "raw/A/x.jpg"}), "item 1 needs a non-empty 'key' and 'etag'"),
+        (lambda body: body["items"].append({"key": "raw/A/x.jpg"}), "item 1 needs a non-empty 'etag'"),
     ],
 )
 def test_invalid_manifest_is_refused_with_the_reason(change, message):
@@ -59,3 +59,27 @@ def test_invalid_manifest_is_refused_with_the_reason(change, message):
 def test_text_that_is_not_json_is_refused():
     with pytest.raises(ManifestError, match="not valid JSON"):
         parse_manifest(b"{not json")
+
+
+def test_a_removal_needs_no_etag_and_changes_the_batch_id():
+    # GIVEN the same key once uploaded and once removed
+    upload = build_manifest("incremental", "s3://b", [ManifestItem("raw/A/1.jpg", "e1")])
+    removal = build_manifest("incremental", "s3://b", [ManifestItem("raw/A/1.jpg", "", removed=True)])
+    # THEN they are different batches, and a removal survives the round trip without an etag
+    assert upload.batch_id != removal.batch_id
+    assert parse_manifest(removal.to_json()) == removal
+
+
+def test_an_item_without_etag_that_is_not_a_removal_is_refused():
+    body = json.loads(build_manifest("incremental", "s3://b", items(("raw/A/1.jpg", "e"))).to_json())
+    body["items"][0]["etag"] = ""
+    with pytest.raises(ManifestError, match="only removals have none"):
+        parse_manifest(json.dumps(body))
+
+
+def test_listing_requests_differ_by_nonce_and_round_trip():
+    first = build_manifest("sweep", "s3://b", [], nonce="2026-11-23T00:00:00Z")
+    again = build_manifest("sweep", "s3://b", [], nonce="2026-11-23T00:00:00Z")
+    later = build_manifest("sweep", "s3://b", [], nonce="2026-11-23T06:00:00Z")
+    assert first.batch_id == again.batch_id != later.batch_id
+    assert parse_manifest(later.to_json()) == later

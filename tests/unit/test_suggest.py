@@ -15,7 +15,7 @@ from emr_job.suggest import (
     UNCERTAIN_BELOW, json_uri, keep_top, partition_best, rank_labels, unit_rows,
     write_json_files,
 )
-from emr_job.suggest_cli import accuracy, photo_paths, read_photo
+from verger.suggest_commands import accuracy, photo_paths, read_photo
 
 LABELS = np.array(["Apple", "Kiwi", "Lemon"], object)
 

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from contract.manifest import build_manifest
-from emr_job.engines_weights import WeightsError
+from emr_job.engines.weights_file import WeightsError
 from emr_job.step import main
 from emr_job.weights import resolve_weights
 from tests.conftest import WEIGHTS

@@ -63,7 +63,7 @@ def write_atomically(path: str, payload: bytes) -> None:
 
 def _convert(weights_path: str) -> bytes:
     """Serialized ONNX of the Keras reference, traced through a tf.function (Keras 3 + tf2onnx)."""
-    from emr_job.engines_keras import keras_model
+    from emr_job.engines.keras_reference import keras_model
 
     model = keras_model(weights_path, threads=None)
     import tensorflow as tf

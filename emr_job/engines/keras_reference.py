@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from contract.layout import INPUT_SIZE
-from emr_job.engines_weights import WeightsError
+from emr_job.engines.weights_file import WeightsError
 
 
 def keras_model(weights_path: str, threads: int | None):

@@ -92,7 +92,7 @@ def command_export(args: argparse.Namespace) -> int:
 
 
 def command_bench(args: argparse.Namespace) -> int:
-    from emr_job.bench import bench
+    from verger.bench import bench
     from emr_job.weights import resolve_weights
 
     if not os.path.isfile(args.baseline):

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from contract.layout import FEATURE_DIM, INPUT_SIZE
-from emr_job.engines_weights import WeightsError, validate_weights
+from emr_job.engines.weights_file import WeightsError, validate_weights
 
 __all__ = [
     "ENGINES", "Extractor", "WeightsError", "check_batch", "load_extractor", "weights_sha256",
@@ -149,14 +149,14 @@ def _checked(run: Extractor) -> Extractor:
 
 
 def _build_keras(options: _BuildOptions) -> Extractor:
-    from emr_job.engines_keras import keras_model
+    from emr_job.engines.keras_reference import keras_model
 
     model = keras_model(options.weights_path, options.threads)
     return lambda images: model.predict_on_batch(images)
 
 
 def _build_onnx(options: _BuildOptions) -> Extractor:
-    from emr_job.engines_onnx import onnx_extractor, onnx_model_path
+    from emr_job.engines.onnx_runtime import onnx_extractor, onnx_model_path
 
     return onnx_extractor(onnx_model_path(options.weights_path, options.weights_sha256, options.cache_dir),
                           options.threads)

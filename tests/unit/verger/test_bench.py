@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from emr_job.bench import BASELINE_LINE, link_images, run_sampled
+from verger.bench import BASELINE_LINE, link_images, run_sampled
 
 
 def test_run_sampled_reports_the_peak_memory_of_the_child_tree():
