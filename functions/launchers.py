@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from aws_lambda_powertools import Logger
 
 from contract.layout import REPORTS_DIR, warehouse_path
+from functions.serverless_job import job_run_request
 from functions.settings import Settings, SettingsError
 
 # A step in one of these states has run, or will: adding it again would redo the batch. FAILED,
@@ -96,20 +97,34 @@ class EmrStepLauncher:
 
 @dataclass
 class EmrServerlessLauncher:
-    """Starts a job run; the batch id is the client token, so EMR Serverless drops a replay."""
+    """Starts a job run; the batch id is the client token, so EMR Serverless drops a replay.
+
+    The run carries what a cluster gets from its configurations (functions.serverless_job), and
+    writes its logs under the bucket's `logs/`.
+    """
 
     emr_serverless: Any
     application_id: str
     execution_role_arn: str
     entrypoint: str
+    bucket: str
 
     def launch(self, batch_id: str, step_args: list[str]) -> Launch:
+        body = job_run_request(self.emr_serverless.meta.region_name, self.bucket)
         response = self.emr_serverless.start_job_run(
             applicationId=self.application_id,
             executionRoleArn=self.execution_role_arn,
             clientToken=batch_id,
             name=step_name(batch_id),
-            jobDriver={"sparkSubmit": {"entryPoint": self.entrypoint, "entryPointArguments": step_args}},
+            jobDriver={
+                "sparkSubmit": {
+                    "entryPoint": self.entrypoint,
+                    "entryPointArguments": step_args,
+                    "sparkSubmitParameters": body["sparkSubmitParameters"],
+                }
+            },
+            configurationOverrides=body["configurationOverrides"],
+            retryPolicy=body["retryPolicy"],
         )
         return Launch(batch_id, submitted=True, run_id=response["jobRunId"])
 
@@ -163,6 +178,7 @@ def launcher_for(settings: Settings, client: Callable[[str], Any]) -> Launcher:
             application_id=str(settings.emr_application_id),
             execution_role_arn=str(settings.emr_job_role_arn),
             entrypoint=settings.job_entrypoint,
+            bucket=settings.bucket,
         )
     if settings.launcher == "local":
         return LocalSparkLauncher(

@@ -235,3 +235,33 @@ def test_atomic_write_leaves_the_complete_file_and_no_temporary(tmp_path):
     # THEN only the final file is there, complete
     assert target.read_bytes() == b"second"
     assert os.listdir(target.parent) == ["model.onnx"]
+
+
+def test_converting_ahead_of_time_leaves_the_model_where_a_job_looks_and_is_done_once(weights, tmp_path, monkeypatch, capsys):
+    # GIVEN a folder holding the weights (as the image build mounts it) and a stand-in converter
+    from emr_job.engines import convert
+
+    conversions = []
+    monkeypatch.setattr(engines_onnx, "_convert", lambda path: conversions.append(path) or b"onnx model")
+    cache = tmp_path / "cache"
+    # WHEN the build converts the folder, then a job asks for the model of the same weights
+    assert convert.main([os.path.dirname(weights), "--cache-dir", str(cache)]) == 0
+    found = engines_onnx.onnx_model_path(weights, weights_sha256(weights), str(cache))
+    # THEN the model sits at the job's cache key, and the job did not convert again
+    assert found == engines_onnx.cached_model_path(weights_sha256(weights), str(cache))
+    assert open(found, "rb").read() == b"onnx model"
+    assert conversions == [weights]
+    assert f"-> {found}" in capsys.readouterr().out
+
+
+def test_converting_an_empty_folder_says_so_and_wrong_weights_fail_the_build(tmp_path, capsys):
+    from emr_job.engines import convert
+
+    # GIVEN an empty weights folder  WHEN converted  THEN nothing happens, and the output says why
+    (tmp_path / "weights").mkdir()
+    assert convert.main([str(tmp_path / "weights"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "nothing converted" in capsys.readouterr().out
+    # GIVEN a file that is not MobileNetV2 weights  WHEN converted  THEN the build step fails naming it
+    (tmp_path / "weights" / "bad.h5").write_bytes(b"not hdf5")
+    assert convert.main([str(tmp_path / "weights"), "--cache-dir", str(tmp_path / "cache")]) == 1
+    assert "bad.h5" in capsys.readouterr().err

@@ -1,13 +1,14 @@
 """Run bootstrap/emr_bootstrap.sh for real, on this machine.
 
-Exercised: argument check, the S3 downloads it asks for, venv creation with Python 3.11, pip
-installing the staged lock and then the staged wheel with --no-deps, the import check, and the
-non-zero exit on each failure. Not exercised: the `aws` CLI itself (a test double maps s3://
+Exercised: argument check, the S3 downloads it asks for (or the local folder the image build
+gives it), venv creation with Python 3.11, pip installing the staged lock in hash-checking mode and
+then the staged wheel with --no-deps, the import check, and the non-zero exit on each failure. Not exercised: the `aws` CLI itself (a test double maps s3://
 to a local folder), `sudo` on /opt, PyPI (pip reads a local wheelhouse through PIP_NO_INDEX and
 PIP_FIND_LINKS), and the real lock's TensorFlow install on Amazon Linux.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -63,7 +64,7 @@ def build_wheel(project: Path, out: Path) -> Path:
 
 @pytest.fixture
 def bucket(tmp_path: Path, project: Path) -> Path:
-    """A fake code/ prefix holding a real verger wheel and a one-line lock, plus a wheelhouse."""
+    """A fake code/ prefix holding a real verger wheel and a one-line hashed lock, plus a wheelhouse."""
     code = tmp_path / "s3" / "verger-test-bucket" / "code"
     code.mkdir(parents=True)
     wheelhouse = tmp_path / "wheelhouse"
@@ -78,18 +79,27 @@ def bucket(tmp_path: Path, project: Path) -> Path:
         name = "verger-testdep"
         version = "1.0"
         """))
-    build_wheel(dependency, wheelhouse)
+    dependency_hash = hashlib.sha256(build_wheel(dependency, wheelhouse).read_bytes()).hexdigest()
     shutil.copy(build_wheel(project, tmp_path / "dist"), code)
-    (code / "requirements-job.txt").write_text("verger-testdep==1.0\n")
+    (code / "requirements-job.txt").write_text(f"verger-testdep==1.0 --hash=sha256:{dependency_hash}\n")
     return code
 
 
-def run_bootstrap(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def lock_with(bucket: Path, version: str | None = None, digest: str | None = None) -> None:
+    """Rewrite the staged lock's pin: another version and/or another hash (None drops the hash)."""
+    name_version, _, hash_option = (bucket / "requirements-job.txt").read_text().strip().partition(" ")
+    version = version or name_version.split("==")[1]
+    line = f"verger-testdep=={version}" + (f" --hash=sha256:{digest}" if digest else "")
+    (bucket / "requirements-job.txt").write_text(line + "\n")
+
+
+def run_bootstrap(tmp_path: Path, *args: str, with_aws: bool = True) -> subprocess.CompletedProcess:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    fake_aws = bin_dir / "aws"
-    fake_aws.write_text(FAKE_AWS.format(python=sys.executable))
-    fake_aws.chmod(0o755)
+    if with_aws:
+        fake_aws = bin_dir / "aws"
+        fake_aws.write_text(FAKE_AWS.format(python=sys.executable))
+        fake_aws.chmod(0o755)
     env = {
         "PATH": f"{bin_dir}{os.pathsep}{Path(python311()).parent}{os.pathsep}/usr/bin:/bin",
         "HOME": str(tmp_path),
@@ -160,10 +170,41 @@ def test_bootstrap_stops_when_the_lock_is_missing(tmp_path, bucket):
 
 def test_bootstrap_stops_when_a_locked_dependency_cannot_be_installed(tmp_path, bucket):
     # GIVEN a lock naming a version the index does not have
-    (bucket / "requirements-job.txt").write_text("verger-testdep==9.9\n")
+    lock_with(bucket, version="9.9", digest="0" * 64)
     # WHEN the bootstrap action runs  THEN pip's failure stops it, and the job wheel is not installed
     result = run_bootstrap(tmp_path, CODE_URI)
     assert result.returncode != 0
     assert "failed at line" in result.stderr
     probe = subprocess.run([str(venv_python(tmp_path)), "-I", "-c", "import emr_job"], capture_output=True)
     assert probe.returncode != 0
+
+
+def test_bootstrap_installs_only_the_exact_files_the_lock_hashes(tmp_path, bucket):
+    # GIVEN a lock whose pin is right but whose hash belongs to another file
+    lock_with(bucket, digest="f" * 64)
+    # WHEN the bootstrap action runs  THEN pip refuses the wheel it found, and the bootstrap fails
+    result = run_bootstrap(tmp_path, CODE_URI)
+    assert result.returncode != 0
+    assert "HASH" in result.stderr.upper() and "failed at line" in result.stderr
+
+
+def test_bootstrap_refuses_a_lock_without_hashes(tmp_path, bucket):
+    # GIVEN a lock that pins a version but carries no hash
+    lock_with(bucket, digest=None)
+    # WHEN the bootstrap action runs  THEN hash-checking mode refuses it
+    result = run_bootstrap(tmp_path, CODE_URI)
+    assert result.returncode != 0
+    assert "--hash" in result.stderr
+
+
+def test_bootstrap_installs_from_a_local_folder_without_the_aws_cli(tmp_path, bucket):
+    # GIVEN the staged files in a local folder, as the image build copies them, and no aws CLI
+    local = tmp_path / "context"
+    shutil.copytree(bucket, local)
+    # WHEN the bootstrap runs on that folder
+    result = run_bootstrap(tmp_path, f"{local}/", with_aws=False)
+    # THEN it builds the same venv, and asked S3 for nothing
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "s3" / "calls").exists()
+    probe = subprocess.run([str(venv_python(tmp_path)), "-I", "-c", "import verger_testdep, emr_job"], capture_output=True)
+    assert probe.returncode == 0

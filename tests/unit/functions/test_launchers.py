@@ -18,6 +18,7 @@ from functions.launchers import (
     launcher_for,
     local_warehouse_dir,
 )
+from functions.serverless_job import job_run_request
 from functions.settings import Settings, SettingsError
 
 ARGS = step_arguments("s3://b/manifests/incr-1.json", "s3://b/warehouse", "s3://b/w.h5", 0.95)
@@ -73,9 +74,10 @@ def test_existing_steps_are_listed_over_every_page_in_live_or_done_states_only(a
 
 
 def test_emr_serverless_starts_a_job_run_with_the_batch_id_as_client_token(aws):
-    # GIVEN an EMR Serverless client
+    # GIVEN an EMR Serverless client in the stack's region
     client = boto3.client("emr-serverless")
     stubber = Stubber(client)
+    body = job_run_request("eu-west-3", "b")
     stubber.add_response(
         "start_job_run",
         {"applicationId": "00app", "jobRunId": "00run", "arn": "arn:aws:emr-serverless:eu-west-3:123456789012:/applications/00app/jobruns/00run"},
@@ -84,15 +86,18 @@ def test_emr_serverless_starts_a_job_run_with_the_batch_id_as_client_token(aws):
             "executionRoleArn": "arn:aws:iam::123456789012:role/job",
             "clientToken": "incr-1",
             "name": "verger-incr-1",
-            "jobDriver": {"sparkSubmit": {"entryPoint": "s3://b/code/step.py", "entryPointArguments": ARGS}},
+            "jobDriver": {"sparkSubmit": {"entryPoint": "s3://b/code/step.py", "entryPointArguments": ARGS,
+                                          "sparkSubmitParameters": body["sparkSubmitParameters"]}},
+            "configurationOverrides": {"monitoringConfiguration": {"s3MonitoringConfiguration": {"logUri": "s3://b/logs/emr-serverless/"}}},
+            "retryPolicy": body["retryPolicy"],
         },
     )
 
     # WHEN a batch is launched
     with stubber:
-        launch = EmrServerlessLauncher(client, "00app", "arn:aws:iam::123456789012:role/job", "s3://b/code/step.py").launch("incr-1", ARGS)
+        launch = EmrServerlessLauncher(client, "00app", "arn:aws:iam::123456789012:role/job", "s3://b/code/step.py", "b").launch("incr-1", ARGS)
 
-    # THEN the request matched exactly and the run id comes back
+    # THEN the request (validated against the service model) matched exactly and the run id comes back
     stubber.assert_no_pending_responses()
     assert launch.run_id == "00run"
 
