@@ -6,7 +6,7 @@ SHARED ?= ../shared
 FRUITS ?= $(SHARED)/data/fruits-360
 WEIGHTS ?= $(SHARED)/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
 
-.PHONY: setup test unit integration lint locks pr
+.PHONY: setup test unit integration lint locks image pr
 
 setup:  ## venv with the project (both halves + dev tools) and a separate one for the SAM CLI
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -30,5 +30,8 @@ lint:  ## the template, and the dependency locks against pyproject.toml
 
 locks:  ## regenerate bootstrap/requirements-*.txt after editing pyproject.toml
 	PATH=$(VENV)/bin:$$PATH $(VENV)/bin/python -m bootstrap.locks
+
+image:  ## build and push the EMR Serverless job image (needs Docker): make image IMAGE_REPOSITORY=<output ImageRepositoryUri>
+	$(VENV)/bin/python -m bootstrap.image --repository-uri "$(IMAGE_REPOSITORY)" --weights $(WEIGHTS)
 
 pr: lint test
