@@ -33,15 +33,26 @@ def test_the_template_environment_loads_into_settings_with_its_defaults(template
 
 
 def test_the_serverless_flavour_of_the_template_loads_too(template_environment):
-    # GIVEN the template rendered with Launcher=emr-serverless
+    # GIVEN the template rendered with Launcher=emr-serverless and the job's image
     environment = template_environment(
         {**DEPLOYED, "Launcher": "emr-serverless", "ServerlessApplication": "00app",
+         "ImageUri": "123456789012.dkr.ecr.eu-west-3.amazonaws.com/verger-job:emr-7.13.0-0123456789abcdef",
          "ServerlessJobRole.Arn": "arn:aws:iam::123456789012:role/job"}
     )
 
     # WHEN / THEN its settings name the application and role, and no cluster
     settings = load_settings(environment)
     assert (settings.launcher, settings.emr_application_id, settings.emr_cluster_id) == ("emr-serverless", "00app", None)
+
+
+def test_before_an_image_is_given_the_serverless_trigger_names_the_missing_application(template_environment):
+    # GIVEN the first deploy with Launcher=emr-serverless: the repository exists, no image yet, so no application
+    environment = template_environment(
+        {**DEPLOYED, "Launcher": "emr-serverless", "ServerlessJobRole.Arn": "arn:aws:iam::123456789012:role/job"}
+    )
+    # WHEN / THEN the trigger refuses to start, naming what is missing (records retry, then wait in the DLQ)
+    with pytest.raises(SettingsError, match="VERGER_EMR_APPLICATION_ID is required"):
+        load_settings(environment)
 
 
 @pytest.mark.parametrize(

@@ -371,7 +371,6 @@ def test_stack_creates_a_cluster_only_when_asked_and_no_existing_one_is_given(te
     }
     # and not before the code it bootstraps from can be staged
     assert template["Parameters"]["StartCluster"]["Default"] == "false"
-    assert resources["ServerlessApplication"]["Condition"] == "UseServerless"
 
 
 def test_cluster_bootstraps_with_the_staged_script(resources):
@@ -402,6 +401,78 @@ def test_pyiceberg_finds_the_glue_catalog_named_in_the_contract(resources):
     assert configurations["spark-defaults"]["ConfigurationProperties"][f"spark.yarn.appMasterEnv.{key}"] == "glue"
 
 
+# ---------------------------------------------------------------- EMR Serverless
+def test_the_application_runs_the_image_given_and_exists_only_once_there_is_one(template, resources):
+    app = resources["ServerlessApplication"]
+    assert app["Condition"] == "CreateServerlessApplication"
+    assert template["Conditions"]["CreateServerlessApplication"] == {
+        "Fn::And": [{"Condition": "UseServerless"}, {"Fn::Not": [{"Fn::Equals": [{"Ref": "ImageUri"}, ""]}]}]
+    }
+    props = app["Properties"]
+    assert props["ImageConfiguration"] == {"ImageUri": {"Ref": "ImageUri"}}
+    assert props["ReleaseLabel"] == {"Ref": "EmrReleaseLabel"}
+    assert props["Architecture"] == "X86_64"  # the image is built for linux/amd64
+
+
+def test_the_application_starts_with_a_job_and_stops_after_the_idle_parameter(template, resources):
+    props = resources["ServerlessApplication"]["Properties"]
+    assert props["AutoStartConfiguration"] == {"Enabled": True}
+    assert props["AutoStopConfiguration"] == {"Enabled": True, "IdleTimeoutMinutes": {"Ref": "ServerlessIdleTimeoutMinutes"}}
+    idle = template["Parameters"]["ServerlessIdleTimeoutMinutes"]
+    assert 1 <= idle["MinValue"] <= idle["Default"] <= idle["MaxValue"] <= 10080
+    assert set(props["MaximumCapacity"]) == {"Cpu", "Memory", "Disk"}
+
+
+@pytest.mark.parametrize(("value", "accepted"), [
+    ("", True),
+    ("123456789012.dkr.ecr.eu-west-3.amazonaws.com/verger-job:emr-7.13.0-6c70b232ea925126", True),
+    ("123456789012.dkr.ecr.eu-west-3.amazonaws.com/verger-job@sha256:" + "a" * 64, True),
+    ("public.ecr.aws/emr-serverless/spark/emr-7.13.0:latest", False),
+    ("123456789012.dkr.ecr.eu-west-3.amazonaws.com/verger-job", False),
+])
+def test_image_uri_accepts_an_ecr_image_with_tag_or_digest_or_nothing(template, value, accepted):
+    assert bool(re.fullmatch(template["Parameters"]["ImageUri"]["AllowedPattern"], value)) is accepted
+
+
+@pytest.mark.parametrize(("release", "accepted"), [("emr-7.13.0", True), ("emr-7.1.0", True), ("emr-7.0.0", False), ("emr-6.15.0", False)])
+def test_release_label_is_one_that_retries_a_failed_serverless_run(template, release, accepted):
+    # EMR Serverless supports a job run's retry policy from emr-7.1.0 on
+    assert bool(re.fullmatch(template["Parameters"]["EmrReleaseLabel"]["AllowedPattern"], release)) is accepted
+
+
+def test_the_image_repository_lets_only_emr_serverless_pull_for_this_accounts_applications(resources):
+    repository = resources["ImageRepository"]
+    assert repository["Condition"] == "UseServerless"
+    (statement,) = repository["Properties"]["RepositoryPolicyText"]["Statement"]
+    assert statement["Effect"] == "Allow"
+    assert statement["Principal"] == {"Service": "emr-serverless.amazonaws.com"}
+    assert sorted(statement["Action"]) == ["ecr:BatchGetImage", "ecr:DescribeImages", "ecr:GetDownloadUrlForLayer"]
+    assert text(statement["Condition"]["StringLike"]["aws:SourceArn"]) == (
+        "arn:${AWS::Partition}:emr-serverless:${AWS::Region}:${AWS::AccountId}:/applications/*")
+    assert repository["Properties"]["ImageTagMutability"] == "IMMUTABLE"
+
+
+def test_serverless_job_role_adds_only_its_own_logs_to_the_job_policy(resources):
+    from functions.serverless_job import LOG_PREFIX
+
+    role = resources["ServerlessJobRole"]["Properties"]
+    assert role["ManagedPolicyArns"] == [{"Ref": "JobDataAccessPolicy"}]
+    extra = policy_documents(resources)["ServerlessJobRole"]
+    assert resources_of(extra) == {bucket_arn(f"/{LOG_PREFIX}*")}
+    assert {a for s in extra for a in as_list(s["Action"])} == {"s3:PutObject"}
+    # and the logs expire with the bucket's logs/ rule
+    rules = {r.get("Prefix"): r for r in resources["Bucket"]["Properties"]["LifecycleConfiguration"]["Rules"]}
+    assert LOG_PREFIX.startswith("logs/") and rules["logs/"]["ExpirationInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_the_trigger_gets_the_application_and_may_start_runs_only_when_it_exists(trigger, resources):
+    env = trigger["Environment"]["Variables"]
+    assert env["VERGER_EMR_APPLICATION_ID"]["Fn::If"][0] == "CreateServerlessApplication"
+    (policy,) = resources["TriggerRole"]["Properties"]["Policies"]
+    conditional = {s["Fn::If"][1]["Sid"]: s["Fn::If"][0] for s in policy["PolicyDocument"]["Statement"] if "Fn::If" in s}
+    assert conditional["StartRunsOnOwnApplication"] == "CreateServerlessApplication"
+
+
 # ---------------------------------------------------------------- deployment defaults
 def test_default_region_is_paris():
     config = tomllib.loads((REPO / "samconfig.toml").read_text())
@@ -415,7 +486,8 @@ def test_every_output_is_described(template):
 
 
 def test_stored_resources_carry_the_project_tag(resources):
-    for name in ("Bucket", "UploadQueue", "UploadDeadLetterQueue", "Cluster", "TriggerRole", "ServerlessApplication"):
+    for name in ("Bucket", "UploadQueue", "UploadDeadLetterQueue", "Cluster", "TriggerRole", "ServerlessApplication",
+                 "ImageRepository"):
         tags = resources[name]["Properties"]["Tags"]
         pairs = tags.items() if isinstance(tags, dict) else ((t["Key"], t["Value"]) for t in tags)
         assert ("project", "verger") in set(pairs), name
