@@ -31,7 +31,9 @@ class WorkerSizes:
 
     A worker's memory is the Spark memory plus its overhead. Executors keep a large overhead
     because the Python workers (one ONNX Runtime session each, about 0.9 GB measured) live outside
-    the JVM heap. `max_executors` caps a job; the application's MaximumCapacity caps all jobs.
+    the JVM heap. A job starts with one executor and asks for more while tasks wait (a batch of a
+    hundred photos never pays for four); `max_executors` caps a job, the application's
+    MaximumCapacity all jobs.
     """
 
     driver_cores: int = 2
@@ -48,6 +50,7 @@ class WorkerSizes:
             "spark.executor.cores": str(self.executor_cores),
             "spark.executor.memory": f"{self.executor_memory_gb}g",
             "spark.executor.memoryOverhead": f"{self.executor_memory_overhead_gb}g",
+            "spark.dynamicAllocation.initialExecutors": "1",
             "spark.dynamicAllocation.maxExecutors": str(self.max_executors),
         }
 
