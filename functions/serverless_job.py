@@ -30,7 +30,7 @@ class WorkerSizes:
     """Driver and executor workers, in sizes EMR Serverless offers (vCPU; GB of memory).
 
     A worker's memory is the Spark memory plus its overhead. Executors keep a large overhead
-    because the Python workers (one ONNX Runtime session each, about 0.9 GB measured) live outside
+    because the Python workers (one ONNX Runtime session each; README: 1,751 MiB for two) live outside
     the JVM heap. A job starts with one executor and asks for more while tasks wait (a batch of a
     hundred photos never pays for four); `max_executors` caps a job, the application's
     MaximumCapacity all jobs.
