@@ -35,7 +35,8 @@ def warehouse_root(warehouse: str) -> str:
     return warehouse.rstrip("/")
 
 
-def open_catalog(warehouse: str):
+def open_catalog(warehouse: str, create_namespace: bool = True):
+    """The warehouse's catalog; readers pass `create_namespace=False` (it needs write rights on Glue)."""
     from pyiceberg.catalog import load_catalog
     from pyiceberg.catalog.sql import SqlCatalog
 
@@ -49,7 +50,8 @@ def open_catalog(warehouse: str):
         )
     else:
         catalog = load_catalog(layout.CATALOG_NAME, warehouse=root)
-    catalog.create_namespace_if_not_exists(layout.NAMESPACE)
+    if create_namespace:
+        catalog.create_namespace_if_not_exists(layout.NAMESPACE)
     return catalog
 
 

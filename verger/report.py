@@ -104,7 +104,7 @@ def quarantined(warehouse: Path, tables: dict) -> pd.DataFrame:
     return table.scan(selected_fields=("batch_id", "image_key", "reason", "detail")).to_pandas()
 
 
-def plot_variance(models: list[dict], path: Path) -> None:
+def plot_variance(models: list[dict]):
     """Cumulative explained variance of each fitted version, its target and its chosen k."""
     figure, axes = plt.subplots(figsize=(8, 4.5))
     for index, model in enumerate(models):
@@ -121,10 +121,11 @@ def plot_variance(models: list[dict], path: Path) -> None:
              title="PCA: explained variance and the chosen k")
     axes.legend(loc="lower right", fontsize=8)
     axes.grid(alpha=0.3)
-    _save(figure, path)
+    figure.tight_layout()
+    return figure
 
 
-def plot_map(points: pd.DataFrame, version: str, path: Path) -> None:
+def plot_map(points: pd.DataFrame, version: str):
     """First two components coloured by label: the most frequent labels by name, the rest as "other"."""
     counts = Counter(points["label"])
     named = [label for label, _ in counts.most_common(MAP_LABELS)]
@@ -141,10 +142,11 @@ def plot_map(points: pd.DataFrame, version: str, path: Path) -> None:
              title=f"{len(points)} images on the first two components (PCA {version[:19]})")
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False, markerscale=2)
     axes.grid(alpha=0.3)
-    _save(figure, path)
+    figure.tight_layout()
+    return figure
 
 
-def plot_batches(batches: pd.DataFrame, path: Path) -> None:
+def plot_batches(batches: pd.DataFrame):
     """Images per batch by outcome, and each batch's throughput."""
     figure, (counts, speed) = plt.subplots(1, 2, figsize=(11, 4))
     names = [f"{i + 1}. {phase}\n{mode}" for i, (phase, mode) in enumerate(zip(batches["phase"], batches["mode"]))]
@@ -160,10 +162,11 @@ def plot_batches(batches: pd.DataFrame, path: Path) -> None:
     speed.set(ylabel="images / s (new images, whole step)", title="throughput per batch")
     for axes in (counts, speed):
         axes.tick_params(axis="x", labelsize=7)
-    _save(figure, path)
+    figure.tight_layout()
+    return figure
 
 
-def plot_drift(drifts: pd.DataFrame, path: Path) -> None:
+def plot_drift(drifts: pd.DataFrame):
     """Share of each applied batch's variance the stored components capture, against the threshold."""
     figure, axes = plt.subplots(figsize=(7, 4))
     names = [f"{phase}\n{batch[:14]}" for phase, batch in zip(drifts["phase"], drifts["batch"])]
@@ -176,34 +179,35 @@ def plot_drift(drifts: pd.DataFrame, path: Path) -> None:
                  label=f"refit advised below {drifts['threshold'].iloc[0]:g}")
     axes.set(ylim=(0, 1.25), ylabel="captured variance share", title="drift of batches projected with the stored PCA")
     axes.legend(loc="upper right", fontsize=8)
-    _save(figure, path)
-
-
-def _save(figure, path: Path) -> None:
     figure.tight_layout()
+    return figure
+
+
+def save(figure, path: Path) -> None:
     figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
 
 
 def batch_rows(warehouse: Path, phases: list[PhaseRow]) -> pd.DataFrame:
-    rows = []
-    for phase in phases:
-        for batch_id in phase.batch_ids:
-            report = batch_report(warehouse, batch_id)
-            images, pca = report["images"], report["pca"]
-            drift = pca.get("drift", {})
-            rows.append({
-                "phase": phase.name, "batch": batch_id, "mode": report["mode"],
-                "in manifest": images["in_manifest"], "new": images["new"],
-                "already present": images["already_present"], "quarantined": images["quarantined"],
-                "quarantine reasons": ", ".join(f"{r}: {n}" for r, n in images["quarantined_by_reason"].items()) or "-",
-                "step seconds": report["seconds"]["total"], "images/s": report["images_per_second"],
-                "pca": pca["action"], "pca version": pca.get("version", "-"), "k": pca.get("k", "-"),
-                "captured share": drift.get("captured_variance_share"),
-                "reconstruction error": drift.get("mean_reconstruction_error"),
-                "threshold": drift.get("threshold"), "refit advised": drift.get("refit_advised"),
-            })
-    return pd.DataFrame(rows)
+    return pd.DataFrame([report_row(batch_report(warehouse, batch_id), phase.name)
+                         for phase in phases for batch_id in phase.batch_ids])
+
+
+def report_row(report: dict, phase: str) -> dict:
+    """One batch report as a flat row: counts, speed, the PCA action and its drift figures."""
+    images, pca = report["images"], report["pca"]
+    drift = pca.get("drift", {})
+    return {
+        "phase": phase, "batch": report["batch_id"], "mode": report["mode"],
+        "in manifest": images["in_manifest"], "new": images["new"],
+        "already present": images["already_present"], "quarantined": images["quarantined"],
+        "quarantine reasons": ", ".join(f"{r}: {n}" for r, n in images["quarantined_by_reason"].items()) or "-",
+        "step seconds": report["seconds"]["total"], "images/s": report["images_per_second"],
+        "pca": pca["action"], "pca version": pca.get("version", "-"), "k": pca.get("k", "-"),
+        "captured share": drift.get("captured_variance_share"),
+        "reconstruction error": drift.get("mean_reconstruction_error"),
+        "threshold": drift.get("threshold"), "refit advised": drift.get("refit_advised"),
+    }
 
 
 def write_report(warehouse: Path, phases: list[PhaseRow]) -> Path:
@@ -218,17 +222,17 @@ def write_report(warehouse: Path, phases: list[PhaseRow]) -> Path:
     models = [pca_metadata(warehouse, version) for version in versions]
     figures = {}
     if len(batches):
-        plot_batches(batches, out / "batches.png")
+        save(plot_batches(batches), out / "batches.png")
         figures["Images and throughput per batch"] = "batches.png"
     if models:
-        plot_variance(models, out / "variance.png")
+        save(plot_variance(models), out / "variance.png")
         figures["Explained variance"] = "variance.png"
     if len(points) and counts["pca_version"]:
-        plot_map(points, counts["pca_version"], out / "map.png")
+        save(plot_map(points, counts["pca_version"]), out / "map.png")
         figures["First two components"] = "map.png"
     drifts = batches[batches["pca"] == "applied"] if len(batches) else batches
     if len(drifts):
-        plot_drift(drifts, out / "drift.png")
+        save(plot_drift(drifts), out / "drift.png")
         figures["Drift"] = "drift.png"
     page = render_html(phases, batches, quarantined(warehouse, tables), counts, figures)
     (out / "index.html").write_text(page, encoding="utf-8")
