@@ -21,7 +21,6 @@ from pyiceberg.expressions import EqualTo
 from contract import layout
 from emr_job import blobs, store
 from emr_job.fetch import fetch_all
-from emr_job.suggest import unit_rows
 from verger import report
 from verger.template import load_template
 
@@ -138,7 +137,8 @@ def nearest(projected: pd.DataFrame, image_key: str, count: int = 8) -> pd.DataF
     matches = projected.index[projected["image_key"] == image_key]
     if not len(matches):
         raise KeyError(f"{image_key!r} has no projection under the current PCA version")
-    unit = unit_rows(np.stack(projected["pca"].to_numpy()))
+    coordinates = np.stack(projected["pca"].to_numpy())  # (n, k)
+    unit = coordinates / np.maximum(np.linalg.norm(coordinates, axis=1, keepdims=True), 1e-12)
     similarity = unit @ unit[matches[0]]
     order = [i for i in np.argsort(-similarity, kind="stable") if i != matches[0]][:count]
     return projected.iloc[order][["image_key", "etag", "label", "batch_id"]].assign(similarity=similarity[order])
@@ -169,20 +169,27 @@ def suggestions(data: Store) -> pd.DataFrame:
     return latest_rows(rows).rename(columns={"ingested_at": "created_at"})
 
 
-def plot_photos(photos_: list[bytes | str], titles: list[str], columns: int = 5, title: str = ""):
-    """A grid of photos with a caption each; a photo that could not be read shows why instead."""
+def plot_photos(photos_: list[bytes | str], titles: list[str], columns: int = 5, title: str = "",
+                highlight: int | None = None):
+    """A grid of photos with a caption each (photo `highlight` framed in red); a photo that could
+    not be read shows why instead."""
     rows = -(-len(photos_) // columns)
-    figure, grid = report.plt.subplots(rows, columns, figsize=(2.3 * columns, 2.6 * rows), squeeze=False)
+    figure, grid = report.plt.subplots(rows, columns, figsize=(2.4 * columns, 2.9 * rows), squeeze=False)
     for axes in grid.ravel():
-        axes.axis("off")
-    for axes, content, caption in zip(grid.ravel(), photos_, titles):
+        axes.set_axis_off()
+    for index, (axes, content, caption) in enumerate(zip(grid.ravel(), photos_, titles)):
         if isinstance(content, bytes):
             axes.imshow(Image.open(io.BytesIO(content)).convert("RGB"))
         else:
             axes.text(0.5, 0.5, content, ha="center", va="center", wrap=True, fontsize=8, color="tab:red")
-        axes.set_title(caption, fontsize=8)
+        if index == highlight:
+            axes.set_axis_on()
+            axes.set(xticks=[], yticks=[])
+            for spine in axes.spines.values():
+                spine.set(color="tab:red", linewidth=3)
+        axes.set_title(caption, fontsize=8, pad=4)
     figure.suptitle(title)
-    figure.tight_layout()
+    figure.tight_layout(h_pad=1.5)
     return figure
 
 

@@ -58,3 +58,77 @@ def build_store(spark, fruits: Path, weights: str, root: Path) -> Path:
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory, spark, fruits, weights) -> Path:
     return build_store(spark, fruits, weights, tmp_path_factory.mktemp("explore"))
+
+
+@pytest.fixture(scope="module")
+def executed(small_store, monkeypatch_module):
+    """The notebook run top to bottom by a fresh kernel (nbclient), as CI and a user would."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch_module.setenv("VERGER_WAREHOUSE", str(small_store))
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    # WHEN every cell runs; nbclient raises CellExecutionError at the first cell that fails
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    return notebook
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def outputs(notebook, kind: str) -> list:
+    return [o for cell in notebook.cells for o in cell.get("outputs", []) if kind in o.get("data", {})]
+
+
+def printed(notebook) -> str:
+    return "".join(o["text"] for cell in notebook.cells for o in cell.get("outputs", []) if o["output_type"] == "stream")
+
+
+def test_notebook_runs_on_a_store_the_job_built_and_shows_every_figure(executed):
+    # THEN no cell failed, the summary names what the job stored, and each figure was drawn:
+    # labels, batches, variance, map, neighbours (photos), drift, suggestions (photos)
+    labelled = len(STORE_LABELS) * (FIRST + SECOND)
+    inbox = len(STORE_LABELS) * INBOX
+    assert f"{labelled + inbox} photos, {len(STORE_LABELS) + 1} labels (inbox included), 3 batches" in printed(executed)
+    assert len(outputs(executed, "image/png")) == 7
+    assert not [o for c in executed.cells for o in c.get("outputs", []) if o["output_type"] == "error"]
+
+
+def test_notebook_fetches_the_neighbours_and_inbox_photos_from_their_source(executed):
+    # THEN no photo tile fell back to a reason instead of the image
+    assert "missing:" not in printed(executed) and "no report for batch" not in printed(executed)
+
+
+def test_notebook_runs_every_saved_athena_query_on_the_local_store(executed):
+    from verger.explore import saved_queries
+
+    text = printed(executed)
+    # THEN each saved query of the stack ran (the quarantine table exists: two files were broken)
+    assert all(f"{name}: " in text for name in saved_queries())
+    assert "not runnable" not in text
+
+
+def test_saved_queries_answer_from_what_the_job_stored(small_store):
+    from verger import explore
+
+    data = explore.open_store(str(small_store))
+    connection = explore.sql_connection(data, explore.batch_reports(data))
+    queries = {name: q["QueryString"] for name, q in explore.saved_queries().items()}
+    # WHEN the stack's saved queries run on the store (DuckDB, the SQL Athena runs)
+    per_label = dict(connection.sql(queries["photos-per-label"]).fetchall())
+    batches = connection.sql(queries["latest-batches"]).df()
+    reasons = dict((row[0], row[1]) for row in connection.sql(queries["quarantine-reasons"]).fetchall())
+    waiting = connection.sql(queries["photos-waiting-for-a-suggestion"]).fetchall()
+    # THEN they count what went in: every label, the inbox, the batches newest first, the broken files
+    assert per_label == {**{label: FIRST + SECOND for label in STORE_LABELS}, "(inbox)": len(STORE_LABELS) * INBOX}
+    assert batches["new_photos"].tolist() == [len(STORE_LABELS) * INBOX, len(STORE_LABELS) * SECOND,
+                                              len(STORE_LABELS) * FIRST]
+    assert batches["pca_action"].tolist() == ["applied", "applied", "refit"]
+    assert (batches["images_per_second"] > 0).all()
+    assert reasons == {"not_an_image": 1, "empty": 1}
+    # AND every inbox photo got its suggestion, so none waits
+    assert waiting == []
