@@ -6,7 +6,7 @@ SHARED ?= ../shared
 FRUITS ?= $(SHARED)/data/fruits-360
 WEIGHTS ?= $(SHARED)/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
 
-.PHONY: setup test unit integration lint locks image pr
+.PHONY: setup test unit integration lint locks image pr notebook notebook-strip
 
 setup:  ## venv with the project (both halves + dev tools) and a separate one for the SAM CLI
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -33,5 +33,13 @@ locks:  ## regenerate bootstrap/requirements-*.txt after editing pyproject.toml
 
 image:  ## build and push the EMR Serverless job image (needs Docker): make image IMAGE_REPOSITORY=<output ImageRepositoryUri>
 	$(VENV)/bin/python -m bootstrap.image --repository-uri "$(IMAGE_REPOSITORY)" --weights $(WEIGHTS)
+
+WAREHOUSE ?= warehouse-demo
+notebook:  ## open notebooks/explore.ipynb on WAREHOUSE (a folder, default the demo's, or s3://BUCKET/warehouse)
+	VERGER_WAREHOUSE="$$(case "$(WAREHOUSE)" in s3://*) echo "$(WAREHOUSE)";; *) realpath -m "$(WAREHOUSE)";; esac)" \
+		$(VENV)/bin/jupyter lab notebooks/explore.ipynb
+
+notebook-strip:  ## remove outputs before committing the notebook (a unit test checks it)
+	$(VENV)/bin/jupyter nbconvert --clear-output --inplace notebooks/explore.ipynb
 
 pr: lint test

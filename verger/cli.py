@@ -6,6 +6,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from verger.athena import add_command as add_query_command
     from verger.commands import add_commands
     from verger.suggest_commands import add_commands as add_suggest_commands
     from verger.demo import add_command as add_demo_command
@@ -15,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(subparsers)
     add_suggest_commands(subparsers)
     add_demo_command(subparsers)
+    add_query_command(subparsers)
     return parser
 
 
