@@ -132,3 +132,43 @@ def test_saved_queries_answer_from_what_the_job_stored(small_store):
     assert reasons == {"not_an_image": 1, "empty": 1}
     # AND every inbox photo got its suggestion, so none waits
     assert waiting == []
+
+
+def hive_fields(hive_type: str) -> dict[str, str]:
+    """The fields of a Hive `struct<name:type,…>` type, nested types kept as text."""
+    body, fields, depth, start = hive_type[len("struct<"):-1], {}, 0, 0
+    for position, char in enumerate(body + ","):
+        depth += char == "<" or char == "("
+        depth -= char == ">" or char == ")"
+        if char == "," and depth == 0:
+            name, _, kind = body[start:position].partition(":")
+            fields[name] = kind
+            start = position + 1
+    return fields
+
+
+def missing_keys(value: dict, hive_type: str, path: str) -> list[str]:
+    """Struct fields the Glue type declares that the JSON object lacks (recursively)."""
+    missing = []
+    for name, kind in hive_fields(hive_type).items():
+        if name not in value:
+            missing.append(f"{path}.{name}")
+        elif kind.startswith("struct<") and isinstance(value[name], dict):
+            missing += missing_keys(value[name], kind, f"{path}.{name}")
+    return missing
+
+
+def test_batch_reports_table_declares_only_fields_the_job_writes(small_store):
+    from verger import explore
+    from verger.template import load_template
+
+    columns = load_template()["Resources"]["BatchReportsTable"]["Properties"]["TableInput"]["StorageDescriptor"]["Columns"]
+    reports = explore.batch_reports(explore.open_store(str(small_store)))
+    # THEN every column and struct field Athena reads is in the reports (the inbox batch has
+    # suggestions, an applied batch has drift figures), so no renamed key reads silently as null
+    for column in columns:
+        present = [r for r in reports if column["Name"] in r]
+        assert present, column["Name"]
+        if column["Type"].startswith("struct<"):
+            assert any(not missing_keys(r[column["Name"]], column["Type"], column["Name"]) for r in present), \
+                [missing_keys(r[column["Name"]], column["Type"], column["Name"]) for r in present]
