@@ -84,7 +84,7 @@ def glue_store(tmp_path_factory):
                 store.commit_files(catalog, name, [path], batch_id)
         tables = {name: glue.get_table(DatabaseName=layout.NAMESPACE, Name=name)["Table"] for name in rows}
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
-        yield {"calls": list(calls), "tables": tables, "rows": rows, "keys": keys}
+        yield {"calls": list(calls), "tables": tables, "rows": rows, "keys": keys, "warehouse": warehouse}
     blobs.s3.cache_clear()
 
 
@@ -128,6 +128,27 @@ def test_job_policy_allows_writing_every_object_the_commit_wrote(resources, glue
     assert any("/metadata/" in key for key in glue_store["keys"])
     for key in glue_store["keys"]:
         assert permits(job, "s3:PutObject", f"arn:aws:s3:::{BUCKET}/{key}"), key
+
+
+def test_notebook_reads_the_glue_store_on_s3_read_only(glue_store):
+    from verger import explore
+
+    warehouse = glue_store["warehouse"]
+    blobs.write_bytes(f"{warehouse}/{layout.REPORTS_DIR}/b2.json", b'{"batch_id": "b2", "ingested_at": "2"}')
+    blobs.write_bytes(f"{warehouse}/{layout.REPORTS_DIR}/b1.json", b'{"batch_id": "b1", "ingested_at": "1"}')
+    calls_before = len(glue_store["calls"])
+    # WHEN the notebook's reader opens the same warehouse on S3 through Glue
+    data = explore.open_store(warehouse)
+    photos = explore.photos(data)
+    reports = explore.batch_reports(data)
+    # THEN it sees both commits' rows, one current row per photo, and the reports oldest first
+    assert len(data.read(layout.FEATURES_TABLE, ("image_key",))) == 2
+    assert photos["image_key"].tolist() == ["Kiwi/1.jpg"]
+    assert [r["batch_id"] for r in reports] == ["b1", "b2"]
+    assert data.tables[layout.SUGGESTIONS_TABLE] is None
+    # AND it only read the catalog (no CreateDatabase, which a read-only user may not call)
+    glue_calls = {op for service, op in glue_store["calls"][calls_before:] if service == "glue"}
+    assert glue_calls == {"GetTable"}
 
 
 @pytest.fixture(scope="module")
