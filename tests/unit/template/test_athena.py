@@ -84,7 +84,7 @@ def glue_store(tmp_path_factory):
                 store.commit_files(catalog, name, [path], batch_id)
         tables = {name: glue.get_table(DatabaseName=layout.NAMESPACE, Name=name)["Table"] for name in rows}
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
-        yield {"calls": list(calls), "tables": tables, "rows": rows, "keys": keys, "warehouse": warehouse}
+        yield {"job_calls": list(calls), "calls": calls, "tables": tables, "rows": rows, "keys": keys, "warehouse": warehouse}
     blobs.s3.cache_clear()
 
 
@@ -113,7 +113,7 @@ def test_job_tables_carry_what_athena_needs_to_read_iceberg(glue_store):
 
 def test_job_policy_allows_every_glue_call_the_job_made(resources, glue_store):
     job = policy_documents(resources)["JobDataAccessPolicy"]
-    glue_calls = {operation for service, operation in glue_store["calls"] if service == "glue"}
+    glue_calls = {operation for service, operation in glue_store["job_calls"] if service == "glue"}
     assert {"CreateTable", "UpdateTable", "GetTable"} <= glue_calls
     # THEN each of them is allowed on the verger database's tables (or the database itself)
     table_arn = f"arn:aws:glue:{REGION}:{ACCOUNT}:table/{layout.NAMESPACE}/{layout.FEATURES_TABLE}"
