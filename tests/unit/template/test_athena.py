@@ -3,6 +3,7 @@ workgroup, saved queries and policies allow (read from the parsed template)."""
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 
 import boto3
@@ -83,8 +84,10 @@ def glue_store(tmp_path_factory):
                 blobs.write_bytes(path, parquet_bytes(table))
                 store.commit_files(catalog, name, [path], batch_id)
         tables = {name: glue.get_table(DatabaseName=layout.NAMESPACE, Name=name)["Table"] for name in rows}
+        properties = {name: store.load_table(catalog, name).properties for name in rows}
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
-        yield {"job_calls": list(calls), "calls": calls, "tables": tables, "rows": rows, "keys": keys, "warehouse": warehouse}
+        yield {"job_calls": list(calls), "calls": calls, "tables": tables, "rows": rows, "keys": keys,
+               "warehouse": warehouse, "properties": properties}
     blobs.s3.cache_clear()
 
 
@@ -107,6 +110,10 @@ def test_job_tables_carry_what_athena_needs_to_read_iceberg(glue_store):
         assert [c["Name"] for c in columns] == glue_store["rows"][name].column_names
         assert columns[0]["Type"] == "string"
         assert table["StorageDescriptor"]["Location"].startswith(f"s3://{BUCKET}/warehouse/")
+        # AND Spark's Parquet files carry no Iceberg field ids: readers (Athena's Trino too) match
+        # their columns by the name mapping pyiceberg's add_files records in the table metadata
+        mapping = json.loads(glue_store["properties"][name]["schema.name-mapping.default"])
+        assert [field["names"] for field in mapping] == [[column] for column in glue_store["rows"][name].column_names]
     features = {c["Name"]: c["Type"] for c in glue_store["tables"][layout.FEATURES_TABLE]["StorageDescriptor"]["Columns"]}
     assert features["features"] == "array<float>"
 
