@@ -35,9 +35,12 @@ image:  ## build and push the EMR Serverless job image (needs Docker): make imag
 	$(VENV)/bin/python -m bootstrap.image --repository-uri "$(IMAGE_REPOSITORY)" --weights $(WEIGHTS)
 
 WAREHOUSE ?= warehouse-demo
+IMAGES ?= $(FRUITS)
 notebook:  ## open notebooks/explore.ipynb on WAREHOUSE (a folder, default the demo's, or s3://BUCKET/warehouse)
-	VERGER_WAREHOUSE="$$(case "$(WAREHOUSE)" in s3://*) echo "$(WAREHOUSE)";; *) realpath -m "$(WAREHOUSE)";; esac)" \
-		$(VENV)/bin/jupyter lab notebooks/explore.ipynb
+	case "$(WAREHOUSE)" in \
+		s3://*) warehouse="$(WAREHOUSE)"; images="";; \
+		*) warehouse="$$(realpath -m "$(WAREHOUSE)")"; images="$$(realpath -m "$(IMAGES)")";; \
+	esac; VERGER_WAREHOUSE="$$warehouse" VERGER_IMAGES="$$images" $(VENV)/bin/jupyter lab notebooks/explore.ipynb
 
 notebook-strip:  ## remove outputs before committing the notebook (a unit test checks it)
 	$(VENV)/bin/jupyter nbconvert --clear-output --inplace notebooks/explore.ipynb

@@ -144,16 +144,25 @@ def nearest(projected: pd.DataFrame, image_key: str, count: int = 8) -> pd.DataF
     return projected.iloc[order][["image_key", "etag", "label", "batch_id"]].assign(similarity=similarity[order])
 
 
-def fetch_photos(reports: list[dict], rows: pd.DataFrame) -> list[bytes | str]:
-    """The bytes of each row's photo (image_key, batch_id, etag) from its batch's source, or why not."""
+def fetch_photos(data: Store, reports: list[dict], rows: pd.DataFrame, images: str | None = None) -> list[bytes | str]:
+    """The bytes of each row's photo (image_key, batch_id, etag), or why not.
+
+    From `images` when given (a local folder laid out as `<Label>/<name>`, as passed to `verger demo
+    --images`), else from the batch's source; a local warehouse never reads photos from S3 (the
+    demo's bucket lived in its embedded S3 and is gone)."""
     sources = {r["batch_id"]: r["source"] for r in reports}
     found: list[bytes | str] = []
     for _, row in rows.iterrows():
-        source = sources.get(row["batch_id"])
+        source, key = sources.get(row["batch_id"]), row["image_key"]
+        if images:
+            source, key = f"file://{os.path.abspath(images)}", key.removeprefix(layout.RAW_PREFIX)
         if source is None:
             found.append(f"no report for batch {row['batch_id']}")
             continue
-        (fetched,) = fetch_all(source, [row["image_key"]], [row["etag"]])
+        if store.is_local(data.warehouse) and not store.is_local(source):
+            found.append(f"{source} is not reachable from a local warehouse: set VERGER_IMAGES to the photos' folder")
+            continue
+        (fetched,) = fetch_all(source, [key], [row["etag"]])
         content = fetched.content
         found.append(content if isinstance(content, bytes) else f"{content.reason}: {content.detail}")
     return found

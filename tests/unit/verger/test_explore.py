@@ -108,3 +108,17 @@ def test_latest_batches_come_newest_first_with_their_throughput(sql):
     assert rows["batch_id"].tolist() == ["b3", "b2", "b1"]
     assert rows["images_per_second"].tolist() == [6.0, 4.0, 2.0]
     assert rows["new_photos"].tolist() == [30, 20, 10]
+
+
+def test_photos_come_from_the_images_folder_and_never_from_s3_for_a_local_warehouse(tmp_path):
+    (tmp_path / "Kiwi").mkdir()
+    (tmp_path / "Kiwi" / "1.jpg").write_bytes(b"kiwi bytes")
+    data = explore.Store(str(tmp_path / "warehouse"), {})
+    reports = [{"batch_id": "b1", "source": "s3://verger-demo"}]
+    rows = pd.DataFrame({"image_key": ["raw/Kiwi/1.jpg"], "etag": ["e"], "batch_id": ["b1"]})
+    # GIVEN a local warehouse whose batches came from the demo's embedded S3
+    # WHEN photos are fetched with the folder the demo uploaded from  THEN they are read there
+    assert explore.fetch_photos(data, reports, rows, images=str(tmp_path)) == [b"kiwi bytes"]
+    # AND without it, S3 is not called: the reason says what to set
+    (reason,) = explore.fetch_photos(data, reports, rows)
+    assert "not reachable from a local warehouse" in reason and "VERGER_IMAGES" in reason
