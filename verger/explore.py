@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from PIL import Image
-from pyiceberg.expressions import EqualTo
+from pyiceberg.expressions import AlwaysTrue, EqualTo
 
 from contract import layout
 from emr_job import blobs, store
@@ -40,9 +40,8 @@ class Store:
         table = self.tables[name]
         if table is None:
             return pd.DataFrame(columns=list(columns))
-        scan = table.scan(selected_fields=columns) if row_filter is None else table.scan(
-            row_filter=row_filter, selected_fields=columns)
-        return scan.to_pandas()
+        return table.scan(row_filter=AlwaysTrue() if row_filter is None else row_filter,
+                          selected_fields=columns).to_pandas()
 
     @property
     def pca_version(self) -> str | None:
@@ -62,9 +61,9 @@ def open_store(warehouse: str) -> Store:
     return Store(root, {name: store.load_table(catalog, name) for name in names})
 
 
-def latest_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """The current row per image key: the latest ingestion wins (a re-upload supersedes)."""
-    ordered = frame.sort_values(["image_key", "ingested_at", "batch_id"])
+def latest_rows(frame: pd.DataFrame, time_column: str = "ingested_at") -> pd.DataFrame:
+    """The current row per image key: the latest one wins (a re-upload supersedes)."""
+    ordered = frame.sort_values(["image_key", time_column, "batch_id"])
     return ordered.drop_duplicates("image_key", keep="last").reset_index(drop=True)
 
 
@@ -172,10 +171,7 @@ def suggestions(data: Store) -> pd.DataFrame:
     """The latest suggestion per inbox photo: its top labels and scores, flag, and nearest images."""
     rows = data.read(layout.SUGGESTIONS_TABLE, ("image_key", "etag", "batch_id", "labels", "scores", "uncertain",
                                                  "neighbour_keys", "created_at"))
-    if rows.empty:
-        return rows
-    rows = rows.rename(columns={"created_at": "ingested_at"})
-    return latest_rows(rows).rename(columns={"ingested_at": "created_at"})
+    return latest_rows(rows, "created_at")
 
 
 def plot_photos(photos_: list[bytes | str], titles: list[str], columns: int = 5, title: str = "",
