@@ -9,7 +9,7 @@ def build_parser() -> argparse.ArgumentParser:
     from verger.athena import add_command as add_query_command
     from verger.commands import add_commands
     from verger.suggest_commands import add_commands as add_suggest_commands
-    from verger.demo import add_command as add_demo_command
+    from verger.demo.run import add_command as add_demo_command
 
     parser = argparse.ArgumentParser(prog="verger", description=__doc__)
     subparsers = parser.add_subparsers(required=True, metavar="COMMAND")

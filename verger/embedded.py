@@ -12,10 +12,12 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from verger.demo.fast_sqs import fast_sqs
 from verger.template import Resolver, function_environment, load_template, resource_properties
 
 REGION = "eu-west-3"
@@ -28,6 +30,7 @@ BUCKET_RESOURCE = "Bucket"
 # Lambda hands at most 6 MB of records to one invocation, whatever the batch size.
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 SQS_RECEIVE_MAX = 10
+IDLE_POLL_S = 0.2  # an empty queue while uploads go on is polled again after this
 DUMMY_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -70,7 +73,7 @@ def moto_server() -> Iterator[str]:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    with patched_environ({**DUMMY_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}), complete_notifications():
+    with patched_environ({**DUMMY_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}), complete_notifications(), fast_sqs():
         server.start()
         try:
             yield endpoint
@@ -229,30 +232,52 @@ class Invocation:
     records: int
     failed_message_ids: tuple[str, ...]
     bodies: tuple[str, ...]  # kept so the demo can deliver them again
+    seconds: float = 0.0  # the handler's wall time (locally: its Spark step included)
 
 
 def drain_queue(
-    sqs: Any, mapping: EventSourceMapping, invoke: Callable[[dict[str, Any]], dict[str, Any]]
+    sqs: Any,
+    mapping: EventSourceMapping,
+    invoke: Callable[[dict[str, Any]], dict[str, Any]],
+    more_coming: Callable[[], bool] = lambda: False,
+    on_invocation: Callable[[Invocation], None] = lambda invocation: None,
 ) -> list[Invocation]:
     """Invoke the handler with batches from the queue until it is empty, as the event source does.
 
     A batch closes at the batch size, at 6 MB of records, when the batching window has passed, or
-    when the queue has nothing more (the demo uploads a whole wave before polling, so waiting out
-    the window would only add idle time). Only the messages the handler did not report in
-    `batchItemFailures` are deleted; failed ones become visible again after the visibility timeout
-    and reach the DLQ after `maxReceiveCount` receives. A handler that raises fails the whole
-    batch: nothing is deleted and the error propagates.
+    when the queue is empty and `more_coming()` says no upload is still under way (waiting out the
+    window then would only add idle time). While uploads go on, an empty queue is polled again.
+    Only the messages the handler did not report in `batchItemFailures` are deleted; failed ones
+    become visible again after the visibility timeout and reach the DLQ after `maxReceiveCount`
+    receives. A handler that raises fails the whole batch: nothing is deleted and the error
+    propagates.
+
+    While the handler runs (locally: its Spark step), the next batch is gathered and the last one's
+    messages deleted in the background, as Lambda's pollers keep reading while a function works.
     """
     invocations = []
-    while messages := gather_batch(sqs, mapping):
-        response = invoke(sqs_event(messages, mapping.queue_arn))
-        failed = tuple(item["itemIdentifier"] for item in response.get("batchItemFailures", []))
-        delete_messages(sqs, mapping.queue_url, [m for m in messages if m["MessageId"] not in failed])
-        invocations.append(Invocation(len(messages), failed, tuple(m["Body"] for m in messages)))
-    return invocations
+    with ThreadPoolExecutor(1, thread_name_prefix="sqs-poller") as poller:
+        pending = poller.submit(gather_batch, sqs, mapping, more_coming)
+        while True:
+            messages = pending.result()
+            if not messages:
+                if more_coming():
+                    time.sleep(IDLE_POLL_S)
+                    pending = poller.submit(gather_batch, sqs, mapping, more_coming)
+                    continue
+                return invocations
+            pending = poller.submit(gather_batch, sqs, mapping, more_coming)
+            started = time.perf_counter()
+            response = invoke(sqs_event(messages, mapping.queue_arn))
+            seconds = time.perf_counter() - started
+            failed = tuple(item["itemIdentifier"] for item in response.get("batchItemFailures", []))
+            poller.submit(delete_messages, sqs, mapping.queue_url,
+                          [m for m in messages if m["MessageId"] not in failed]).result()
+            invocations.append(Invocation(len(messages), failed, tuple(m["Body"] for m in messages), seconds))
+            on_invocation(invocations[-1])
 
 
-def gather_batch(sqs: Any, mapping: EventSourceMapping) -> list[dict[str, Any]]:
+def gather_batch(sqs: Any, mapping: EventSourceMapping, more_coming: Callable[[], bool]) -> list[dict[str, Any]]:
     batch: list[dict[str, Any]] = []
     size = 0
     started = time.monotonic()
@@ -262,6 +287,9 @@ def gather_batch(sqs: Any, mapping: EventSourceMapping) -> list[dict[str, Any]]:
             MaxNumberOfMessages=min(SQS_RECEIVE_MAX, mapping.batch_size - len(batch)), WaitTimeSeconds=0,
         ).get("Messages", [])
         if not received:
+            if batch and more_coming():
+                time.sleep(IDLE_POLL_S)
+                continue
             break
         for position, message in enumerate(received):
             size += len(message["Body"].encode())

@@ -25,14 +25,25 @@ MAP_LABELS = 12  # more labels than this share one grey "other" colour
 
 
 class PhaseRow(Protocol):
-    """What the report needs of a demo phase (`verger.demo.Phase`)."""
+    """What the report needs of a demo phase (`verger.demo.run.Phase`)."""
 
     name: str
+    purpose: str
     records: int
     batch_ids: list[str]
     seconds: float
+    step_seconds: dict[str, float]
     feature_rows: int
     feature_keys: int
+
+
+class ReferenceRun(Protocol):
+    """`verger run` on the same photos (`verger.demo.run.Reference`)."""
+
+    images: int
+    seconds: float
+    event_flow_seconds: float
+    ratio: float
 
 
 def batch_report(warehouse: Path, batch_id: str) -> dict:
@@ -52,7 +63,8 @@ def open_tables(warehouse: Path) -> dict:
 
     catalog = store.open_catalog(str(warehouse))
     return {name: store.load_table(catalog, name)
-            for name in (layout.FEATURES_TABLE, layout.PROJECTIONS_TABLE, layout.QUARANTINE_TABLE)}
+            for name in (layout.FEATURES_TABLE, layout.PROJECTIONS_TABLE, layout.QUARANTINE_TABLE,
+                         layout.SUGGESTIONS_TABLE)}
 
 
 def feature_counts(warehouse: Path) -> tuple[int, int]:
@@ -159,7 +171,7 @@ def plot_batches(batches: pd.DataFrame):
     speed.bar(names, batches["images/s"], color="tab:purple")
     for x, value in enumerate(batches["images/s"]):
         speed.annotate(f"{value:g}", (x, value), ha="center", va="bottom", fontsize=8)
-    speed.set(ylabel="images / s (new images, whole step)", title="throughput per batch")
+    speed.set(ylabel="images / s (new images, in-job time)", title="throughput per batch (start-up dominates small ones)")
     for axes in (counts, speed):
         axes.tick_params(axis="x", labelsize=7)
     figure.tight_layout()
@@ -189,8 +201,15 @@ def save(figure, path: Path) -> None:
 
 
 def batch_rows(warehouse: Path, phases: list[PhaseRow]) -> pd.DataFrame:
-    return pd.DataFrame([report_row(batch_report(warehouse, batch_id), phase.name)
-                         for phase in phases for batch_id in phase.batch_ids])
+    rows = []
+    for phase in phases:
+        for batch_id in phase.batch_ids:
+            report = batch_report(warehouse, batch_id)
+            step_wall = phase.step_seconds.get(batch_id)
+            rows.append({**report_row(report, phase.name),
+                         "step wall s": round(step_wall, 1) if step_wall is not None else None,
+                         "extraction s": report["seconds"].get("extract_wall", 0.0)})
+    return pd.DataFrame(rows)
 
 
 def report_row(report: dict, phase: str) -> dict:
@@ -210,8 +229,16 @@ def report_row(report: dict, phase: str) -> dict:
     }
 
 
-def write_report(warehouse: Path, phases: list[PhaseRow]) -> Path:
-    """Write `<warehouse>/demo-report/index.html` and its PNGs; return the HTML's path."""
+def write_report(warehouse: Path, phases: list[PhaseRow], images: Path, inbox: dict[str, str],
+                 reference: ReferenceRun | None = None) -> Path:
+    """Write `<warehouse>/demo-report/index.html`, its PNGs and thumbnails; return the HTML's path.
+
+    `images` is the local folder the photos were uploaded from and `inbox` maps each inbox key to
+    its file there: the thumbnails are made from them.
+    """
+    from verger.demo.costs import fit_costs, plot_costs
+    from verger.demo.gallery import Thumbnails, inbox_section, latest_suggestions, neighbour_gallery, projected
+
     out = warehouse / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     batches = batch_rows(warehouse, phases)
@@ -221,9 +248,12 @@ def write_report(warehouse: Path, phases: list[PhaseRow]) -> Path:
     versions = [v for v in dict.fromkeys(batches.loc[batches["pca"] == "refit", "pca version"])]
     models = [pca_metadata(warehouse, version) for version in versions]
     figures = {}
+    fit = fit_costs(batches) if len(batches) else None
     if len(batches):
+        plot_costs(batches, fit, (reference.images, reference.seconds) if reference else None, out / "costs.png")
+        figures["Fixed and per-image cost of a step"] = "costs.png"
         save(plot_batches(batches), out / "batches.png")
-        figures["Images and throughput per batch"] = "batches.png"
+        figures["Images per batch"] = "batches.png"
     if models:
         save(plot_variance(models), out / "variance.png")
         figures["Explained variance"] = "variance.png"
@@ -234,29 +264,60 @@ def write_report(warehouse: Path, phases: list[PhaseRow]) -> Path:
     if len(drifts):
         save(plot_drift(drifts), out / "drift.png")
         figures["Drift"] = "drift.png"
-    page = render_html(phases, batches, quarantined(warehouse, tables), counts, figures)
+    thumbs = Thumbnails(images, inbox, out)
+    photos = {
+        "Inbox photos and their suggestions": inbox_section(latest_suggestions(tables), thumbs),
+        "Nearest neighbours in PCA space": neighbour_gallery(projected(tables, counts["pca_version"]), thumbs)
+        if counts["pca_version"] else "<p>No PCA yet.</p>",
+    }
+    page = render_html(phases, batches, quarantined(warehouse, tables), counts, figures, photos,
+                       headline(fit, reference))
     (out / "index.html").write_text(page, encoding="utf-8")
     return out / "index.html"
 
 
-def render_html(phases: list[PhaseRow], batches: pd.DataFrame, quarantine: pd.DataFrame,
-                counts: dict, figures: dict[str, str]) -> str:
+def headline(fit, reference: ReferenceRun | None) -> str:
+    lines = []
+    if reference:
+        lines.append(f"The event flow carried {reference.images} photos in {reference.event_flow_seconds:.1f} s; "
+                     f"<code>verger run</code> on the same photos took {reference.seconds:.1f} s "
+                     f"(ratio {reference.ratio:.2f}).")
+    if fit:
+        lines.append(f"A Spark step costs about {fit.fixed_s:.1f} s whatever its size, then "
+                     f"{fit.per_image_s * 1000:.2f} ms per image: {fit.steady_rate:.1f} img/s once start-up "
+                     f"is paid (fitted over {fit.steps} steps).")
+    return "".join(f"<p>{line}</p>" for line in lines)
+
+
+def render_html(phases: list[PhaseRow], batches: pd.DataFrame, quarantine: pd.DataFrame, counts: dict,
+                figures: dict[str, str], photos: dict[str, str], summary: str) -> str:
     phase_table = pd.DataFrame(
-        [{"phase": phase.name, "SQS records": phase.records, "batches started": len(phase.batch_ids),
-          "wall seconds": round(phase.seconds, 1), "feature rows after": phase.feature_rows,
-          "distinct images after": phase.feature_keys} for phase in phases]
+        [{"phase": phase.name, "what it shows": phase.purpose, "wall seconds": round(phase.seconds, 1),
+          "SQS records": phase.records, "Spark steps": len(phase.batch_ids),
+          "feature rows after": phase.feature_rows, "distinct images after": phase.feature_keys}
+         for phase in phases]
     )
     store = pd.DataFrame([counts])
     sections = [
+        summary,
         "<h2>Phases</h2>", phase_table.to_html(index=False),
+    ]
+    for title, name in figures.items():
+        sections += [f"<h2>{html.escape(title)}</h2>", f'<img src="{html.escape(name)}" alt="{html.escape(title)}">']
+        if name == "map.png":
+            for photo_title, body in photos.items():
+                sections += [f"<h2>{html.escape(photo_title)}</h2>", body]
+    sections += [
         "<h2>Batches</h2>", batches.drop(columns=["threshold"], errors="ignore").to_html(index=False, na_rep="-"),
         "<h2>Store</h2>", store.to_html(index=False),
         "<h2>Quarantine</h2>",
         quarantine.to_html(index=False) if len(quarantine) else "<p>No image was quarantined.</p>",
     ]
-    for title, name in figures.items():
-        sections += [f"<h2>{html.escape(title)}</h2>", f'<img src="{html.escape(name)}" alt="{html.escape(title)}">']
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
-             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}")
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;display:block;overflow-x:auto;"
+             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}"
+             ".row{display:flex;gap:10px;align-items:flex-start;margin:8px 0}"
+             "figure{margin:0;width:96px;font-size:11px;text-align:center}figure img{width:80px;height:80px;"
+             "object-fit:contain;border:1px solid #ddd}.ranked{font-size:12px;width:190px}"
+             ".ranked ol{margin:4px 0;padding-left:20px}.hit{color:#1a7f37;font-weight:bold}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Verger demo report</title>"
             f"<style>{style}</style></head><body><h1>Verger demo report</h1>{''.join(sections)}</body></html>")

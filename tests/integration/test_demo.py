@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +14,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from verger.demo import DemoOptions, run_demo
+from verger.demo.console import Console
+from verger.demo.run import DemoOptions, run_demo
 from verger.report import batch_report, map_points
 
 pytestmark = pytest.mark.integration
@@ -37,10 +39,11 @@ def demo(tmp_path_factory, fruits, weights):
     images = five_class_folder(fruits, tmp_path_factory.mktemp("images"))
     warehouse = tmp_path_factory.mktemp("warehouse")
     endpoint_before = os.environ.get("AWS_ENDPOINT_URL")
-    # GIVEN 150 images over 5 labels, a fifth of each label held back for the second wave
+    # GIVEN 150 images over 5 labels: a fifth of each label held back for the second wave, and one
+    # photo of each of 3 labels moved to the inbox
     options = DemoOptions(images=images, warehouse=warehouse, weights=weights, second_wave_share=0.2)
-    # WHEN the demo runs every phase
-    result = run_demo(options, say=lambda line: None)
+    # WHEN the demo runs every phase, then `verger run` on the same photos
+    result = run_demo(options, Console(open(os.devnull, "w"), None))
     phases = {phase.name: phase for phase in result.phases}
     return result, phases, warehouse, endpoint_before
 
@@ -54,21 +57,22 @@ def test_first_wave_is_stored_as_one_batch_that_fits_the_pca(demo):
     _, phases, warehouse, _ = demo
     wave = phases["wave 1"]
     report = batch_report(warehouse, only_batch(wave))
-    # THEN the 120 uploads (plus moto's s3:TestEvent) became one manifest, all extracted, PCA fitted
-    assert wave.images_uploaded == 120 and wave.records == 121
-    assert report["images"] == {"in_manifest": 120, "already_present": 0, "already_quarantined": 0,
-                                "new": 120, "quarantined": 0,
+    # THEN the 117 uploads (plus moto's s3:TestEvent) became one manifest, all extracted, PCA fitted
+    assert wave.images_uploaded == 117 and wave.records == 118
+    assert report["images"] == {"in_manifest": 117, "already_present": 0, "already_quarantined": 0,
+                                "new": 117, "quarantined": 0,
                                 "quarantined_by_reason": {}}
-    assert report["pca"]["action"] == "refit" and report["pca"]["rows_fitted"] == 120
-    assert (wave.feature_rows, wave.feature_keys) == (120, 120)
+    assert report["pca"]["action"] == "refit" and report["pca"]["rows_fitted"] == 117
+    assert (wave.feature_rows, wave.feature_keys) == (117, 117)
+    assert wave.step_seconds[only_batch(wave)] > report["seconds"]["total"]
 
 
 def test_second_wave_extracts_only_new_images_and_applies_the_stored_pca_with_drift(demo):
     _, phases, warehouse, _ = demo
     fitted = batch_report(warehouse, only_batch(phases["wave 1"]))["pca"]
-    wave = phases["wave 2 (new images)"]
+    wave = phases["wave 2"]
     report = batch_report(warehouse, only_batch(wave))
-    # THEN only the 30 held-back images were in the batch, and the wave-1 model projected them
+    # THEN only the 30 held-back images (6 of each label) were in the batch, projected by wave 1's model
     assert report["images"]["in_manifest"] == 30 and report["images"]["new"] == 30
     assert report["pca"]["action"] == "applied"
     assert (report["pca"]["version"], report["pca"]["k"]) == (fitted["version"], fitted["k"])
@@ -76,16 +80,30 @@ def test_second_wave_extracts_only_new_images_and_applies_the_stored_pca_with_dr
     drift = report["pca"]["drift"]
     assert drift["rows"] == 30 and 0 < drift["captured_variance_share"] <= 1
     assert drift["mean_reconstruction_error"] > 0
-    assert (wave.feature_rows, wave.feature_keys) == (150, 150)
+    assert (wave.feature_rows, wave.feature_keys) == (147, 147)
 
 
-def test_duplicate_delivery_of_the_first_wave_starts_nothing_and_adds_no_rows(demo):
+def test_duplicate_delivery_of_a_wave_1_batch_starts_nothing_and_adds_no_rows(demo):
     _, phases, _, _ = demo
-    replay = phases["wave 1 delivered again"]
+    replay = phases["duplicate delivery"]
     # THEN every message was handled again, no new manifest appeared, and the store is unchanged
     assert replay.records == phases["wave 1"].records
     assert replay.batch_ids == []
-    assert (replay.feature_rows, replay.feature_keys) == (150, 150)
+    assert (replay.feature_rows, replay.feature_keys) == (147, 147)
+
+
+def test_inbox_photos_get_suggestions_that_name_their_label(demo):
+    result, phases, warehouse, _ = demo
+    inbox = phases["inbox"]
+    report = batch_report(warehouse, only_batch(inbox))
+    # THEN the 3 unlabelled photos were extracted and each got a suggestion
+    assert report["images"]["new"] == 3
+    assert report["suggestions"]["action"] == "suggested" and report["suggestions"]["photos"] == 3
+    page = result.report.read_text(encoding="utf-8")
+    for n in (1, 2, 3):
+        assert f"inbox/photo-{n}.jpg" in page
+    # the photos come from the first three labels; the top suggestion is marked when it is right
+    assert page.count("class=hit") >= 2
 
 
 def test_full_recompute_reextracts_everything_under_a_new_pca_version(demo):
@@ -98,19 +116,54 @@ def test_full_recompute_reextracts_everything_under_a_new_pca_version(demo):
     assert report["pca"]["action"] == "refit" and report["pca"]["rows_fitted"] == 150
     assert report["pca"]["version"] != first_version
     points = map_points(warehouse)
-    assert len(points) == 150 and set(points["label"]) == set(LABELS)
+    assert len(points) == 150 and set(points["label"]) == {*LABELS, "(no label)"}
     assert (recompute.feature_rows, recompute.feature_keys) == (150, 150)
 
 
-def test_report_is_an_html_page_with_its_non_empty_pngs(demo):
+def test_verger_run_on_the_same_photos_is_timed_for_comparison(demo):
+    result, phases, warehouse, _ = demo
+    reference = result.reference
+    # THEN `verger run` processed the waves' 147 photos, and the ratio compares it with the waves
+    assert reference.images == 147 and reference.seconds > 0
+    flow = sum(phases[name].seconds for name in ("wave 1", "wave 2"))
+    assert reference.event_flow_seconds == pytest.approx(flow)
+    stored = map_points(warehouse / "reference-run" / "warehouse")
+    assert len(stored) == 147
+
+
+def test_report_is_an_html_page_with_its_figures_and_thumbnails(demo):
     result, _, _, _ = demo
     page = result.report.read_text(encoding="utf-8")
-    # THEN the page names every figure, and each is a real PNG next to it
-    for figure in ("batches.png", "variance.png", "map.png", "drift.png"):
+    # THEN the page names every figure, each is a real PNG next to it, and every thumbnail exists
+    for figure in ("costs.png", "batches.png", "variance.png", "map.png", "drift.png"):
         assert f'src="{figure}"' in page
         content = (result.report.parent / figure).read_bytes()
         assert content[:8] == b"\x89PNG\r\n\x1a\n" and len(content) > 10_000
-    assert "Quarantine" in page and "wave 2 (new images)" in page
+    thumbs = re.findall(r'src="(thumbs/[^"]+)"', page)
+    assert len(thumbs) >= 3 * 6 + 4 * 6
+    assert all((result.report.parent / thumb).stat().st_size > 500 for thumb in thumbs)
+    assert "Quarantine" in page and "wave 2" in page and "ms per image" in page
+
+
+def test_report_renders_in_headless_chromium(demo, tmp_path):
+    result, _, _, _ = demo
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed to check the report in a browser: apt-get install chromium"
+    screenshot = tmp_path / "report.png"
+    # WHEN the page is opened from disk in headless Chromium
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1280,6000",
+                    f"--screenshot={screenshot}", result.report.as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    # THEN the screenshot shows a page with pictures, not a blank or broken one
+    from PIL import Image
+
+    with Image.open(screenshot) as image:
+        colours = image.convert("RGB").resize((320, 1500)).getcolors(maxcolors=1_000_000)
+    assert len(colours) > 2_000
+    if os.environ.get("VERGER_KEEP_SCREENSHOT"):
+        shutil.copy(screenshot, os.environ["VERGER_KEEP_SCREENSHOT"])
 
 
 def test_embedded_server_is_stopped_and_the_environment_restored(demo):
