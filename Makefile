@@ -6,7 +6,7 @@ SHARED ?= ../shared
 FRUITS ?= $(SHARED)/data/fruits-360
 WEIGHTS ?= $(SHARED)/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
 
-.PHONY: setup test unit integration lint locks image pr notebook notebook-strip
+.PHONY: browser setup test unit integration lint locks image pr notebook notebook-strip
 
 setup:  ## venv with the project (both halves + dev tools) and a separate one for the SAM CLI
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ setup:  ## venv with the project (both halves + dev tools) and a separate one fo
 	$(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python -e ".[dev]"
 	test -x $(SAM_VENV)/bin/python || $(VENV)/bin/uv venv --quiet --python $(PYTHON) $(SAM_VENV)
 	$(VENV)/bin/uv pip install --quiet --python $(SAM_VENV)/bin/python aws-sam-cli==1.170.0
+
+browser:  ## Debian's Chromium, which the demo report's browser test drives (needs root)
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 test:  ## every test: unit, then integration (real Spark, real images, genuine weights)
 	VERGER_SAM=$(SAM_VENV)/bin/sam VERGER_FRUITS=$(FRUITS) VERGER_WEIGHTS=$(WEIGHTS) $(VENV)/bin/pytest
