@@ -91,6 +91,17 @@ def add_commands(subparsers) -> None:
                           help="only delete unreferenced files older than this (default %(default)s)")
     maintain.set_defaults(command=command_maintain)
 
+    bench_store = subparsers.add_parser(
+        "bench-store", help="100 new photos into a store grown to --rows rows against a small store",
+        description="Side by side in one run: the job's seconds, the driver's peak memory, what the "
+                    "batch's scans plan to read, and files/snapshots per table before and after maintain.",
+    )
+    bench_store.add_argument("--images", required=True, help="folder laid out as <Label>/<image>")
+    bench_store.add_argument("--rows", type=int, default=1_000_000, help="synthetic rows in the big store")
+    bench_store.add_argument("--workdir", required=True, help="scratch folder (needs ~5.2 GB per million rows)")
+    bench_store.add_argument("--weights", help="local .h5 weights (default: $VERGER_WEIGHTS)")
+    bench_store.set_defaults(command=command_bench_store)
+
     bench = subparsers.add_parser(
         "bench", help="the notebook baseline and Verger's job on the same images, side by side",
         description="Runs the classic notebook job, then Verger's job end to end (manifest to "
@@ -160,6 +171,15 @@ def command_maintain(args: argparse.Namespace) -> int:
 
     upkeep = Upkeep(retention=timedelta(days=args.retention_days), orphan_age=timedelta(hours=args.orphan_hours))
     print(json.dumps(maintain(open_catalog(args.warehouse), args.warehouse, upkeep), indent=1))
+    return 0
+
+
+def command_bench_store(args: argparse.Namespace) -> int:
+    from emr_job.weights import resolve_weights
+    from verger.store_bench import bench_store
+
+    for line in bench_store(args.images, resolve_weights(args.weights), args.rows, args.workdir):
+        print(line, flush=True)
     return 0
 
 
