@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import pandas as pd
 from pyspark import SparkFiles, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -110,8 +109,8 @@ def plan_batch(spark: SparkSession, catalog, manifest: Manifest, ingested_at: st
     else:
         added = [item for item in manifest.items if not item.removed]
         candidates = spark.createDataFrame(
-            pd.DataFrame({"image_key": [item.key for item in added], "etag": [item.etag for item in added],
-                          "label": [layout.label_of(item.key) for item in added]}), ITEM_SCHEMA)
+            [(item.key, item.etag, layout.label_of(item.key)) for item in added], ITEM_SCHEMA
+        )
         keys = sorted({item.key for item in added})
     stored = current_versions(spark, catalog, keys).select("image_key", F.col("etag").alias("stored_etag"))
     with_stored = candidates.join(stored, "image_key", "left")
@@ -128,8 +127,9 @@ def plan_batch(spark: SparkSession, catalog, manifest: Manifest, ingested_at: st
     if manifest.mode == "sweep":
         # Lost ObjectRemoved events: stored photos the bucket no longer holds (rows committed after
         # this listing began are younger than `ingested_at` and stay).
-        listed = candidates.select("image_key")
-        absent = [row.image_key for row in current_versions(spark, catalog).where(F.col("ingested_at") < ingested_at).join(listed, "image_key", "left_anti").select("image_key").collect()]
+        older = current_versions(spark, catalog).where(F.col("ingested_at") < ingested_at)
+        gone = older.join(candidates.select("image_key"), "image_key", "left_anti").select("image_key")
+        absent = [row.image_key for row in gone.collect()]
     candidates.unpersist()
     counts = {"in_manifest": in_manifest, "already_present": in_manifest - fresh_count,
               "already_quarantined": fresh_count - todo_count}

@@ -151,9 +151,15 @@ def commit_files(
     from pyiceberg.exceptions import CommitFailedException
     from pyiceberg.expressions import AlwaysTrue
 
+    from pyiceberg.expressions import AlwaysFalse
+
     files = [iceberg_path(path) for path in files]
     if replace:
         delete_filter = AlwaysTrue()
+    if delete_filter == AlwaysFalse():
+        delete_filter = None
+    if not files and delete_filter is None and not properties:
+        return
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         table = load_table(catalog, name)
         if table is None and files:
