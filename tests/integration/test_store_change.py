@@ -61,7 +61,8 @@ def test_a_removed_photo_leaves_every_table_and_after_expiry_every_data_file(spa
     warehouse, settings = str(tmp_path / "wh"), JobSettings(str(tmp_path / "wh"), weights)
     uri = f"file://{source}"
     run_manifest(spark, build_manifest("incremental", uri, items(source, all_keys(source))), settings)
-    victim = f"{LABELLED[0]}/{sorted((source / LABELLED[0]).iterdir())[0].name}"
+    cited = store.read_columns(store.load_table(store.open_catalog(warehouse), "suggestions"), ["neighbour_keys"])
+    victim = cited.column("neighbour_keys")[0].as_py()[0]  # a labelled photo an inbox suggestion cites
     assert all(victim in live_keys(warehouse, table) for table in ("features", "projections"))
 
     # WHEN the photo is deleted and its ObjectRemoved notification is processed
@@ -70,7 +71,8 @@ def test_a_removed_photo_leaves_every_table_and_after_expiry_every_data_file(spa
     report = run_manifest(spark, removal, settings)
 
     # THEN it is gone from every table's current rows, no suggestion cites it any more
-    assert report["erasure"]["photos_erased"] == 1
+    assert report["erasure"]["photos_erased"] == 1 and report["erasure"]["suggestions_citing_them"] >= 1
+    assert report["erasure"]["resuggested"]["action"] == "suggested"
     for table in ("features", "projections", "quarantine", "suggestions"):
         assert victim not in live_keys(warehouse, table)
     suggestions = store.read_columns(store.load_table(store.open_catalog(warehouse), "suggestions"),
