@@ -27,6 +27,7 @@ from contract import layout
 from emr_job.blobs import local_path
 
 COMMIT_ATTEMPTS = 5
+ROWS_PER_FILE = 20_000  # about 100 MB of features
 # Set when a table is created: exact image_key bounds (the default truncates strings to 16
 # characters, which would make every "raw/<Label>/…" file match a key filter), and old metadata
 # files deleted as commits go (they name no features, but they should not pile up either).
@@ -90,11 +91,17 @@ def attempt_dir(warehouse: str, table: str, batch_id: str) -> str:
 
 
 def write_rows(frame, rows: int, warehouse: str, table: str, batch_id: str) -> list[str]:
-    """Write a Spark DataFrame to a fresh attempt directory; return the files written (none for no rows)."""
+    """Write a Spark DataFrame to a fresh attempt directory; return the files written (none for no rows).
+
+    One file per `ROWS_PER_FILE` rows, each holding one range of keys, sorted: a batch adds few
+    files, and a later scan for some keys skips the files whose range cannot hold them. (The
+    range partitioning samples `frame` first: callers pass a persisted or cheap frame.)
+    """
     if rows == 0:
         return []
     directory = attempt_dir(warehouse, table, batch_id)
-    frame.sortWithinPartitions("image_key").write.parquet(directory)
+    files = max(1, -(-rows // ROWS_PER_FILE))
+    frame.repartitionByRange(files, "image_key").sortWithinPartitions("image_key").write.parquet(directory)
     return frame.sparkSession.read.parquet(directory).inputFiles()
 
 
