@@ -42,7 +42,7 @@ def erase(spark: SparkSession, catalog, warehouse: str, source: str | None, batc
     suggestions = resuggest(spark, catalog, warehouse, source, batch_id, citing, condition)
     for key in gone:
         blobs.delete(json_uri(source or "file:///", warehouse, key))
-    return {"photos_erased": len(gone), "old_versions_erased": len(keep or {}),
+    return {"photos_erased": len(gone), "present_again_older_versions_erased": len(keep or {}),
             "suggestions_citing_them": len(citing), "resuggested": suggestions}
 
 
