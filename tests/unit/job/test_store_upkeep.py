@@ -132,3 +132,29 @@ def test_a_key_filtered_scan_plans_only_the_files_that_may_hold_the_keys(warehou
 
     # THEN only the file that holds it is read
     assert len(files) == 1 and "batch_id=mson" in files[0]
+
+
+def test_a_full_recompute_commit_keeps_younger_rows_and_rows_whose_refetch_failed(tmp_path):
+    # GIVEN rows stored before a full recompute began, and one committed by a batch after its listing
+    from contract.manifest import build_manifest
+    from emr_job.job import features_delete_filter
+
+    warehouse = (str(tmp_path / "wh"), fs.LocalFileSystem(), str(tmp_path / "wh"))
+    catalog = store.open_catalog(warehouse[0])
+    store.commit_files(catalog, layout.FEATURES_TABLE, write_batch(warehouse, ["raw/A/1.jpg", "raw/A/2.jpg"], "old"), "old")
+    late = write_batch(warehouse, ["raw/A/late.jpg"], "late")
+    late_rows = pq.read_table(late[0].removeprefix("file://")).set_column(
+        3, "ingested_at", pa.array(["2026-11-23T12:00:01"]))
+    pq.write_table(late_rows, late[0].removeprefix("file://"))
+    store.commit_files(catalog, layout.FEATURES_TABLE, late, "late")
+
+    # WHEN the full recompute (started at 12:00:00) commits its rows, raw/A/2.jpg's re-fetch having failed
+    full = build_manifest("full", "s3://verger-b", [], nonce="n")
+    redone = write_batch(warehouse, ["raw/A/1.jpg"], "full")
+    store.commit_files(catalog, layout.FEATURES_TABLE, redone, "full",
+                       delete_filter=features_delete_filter(full, {}, ["raw/A/2.jpg"], "2026-11-23T12:00:00"))
+
+    # THEN the re-extracted row replaced the old one, the failed photo and the late photo kept theirs
+    rows = store.read_columns(store.load_table(catalog, layout.FEATURES_TABLE), ["image_key", "batch_id"]).to_pylist()
+    assert sorted((row["image_key"], row["batch_id"]) for row in rows) == [
+        ("raw/A/1.jpg", "full"), ("raw/A/2.jpg", "old"), ("raw/A/late.jpg", "late")]
