@@ -63,7 +63,11 @@ def open_catalog(warehouse: str, create_namespace: bool = True):
             warehouse=f"file://{root}",
         )
     else:
-        catalog = load_catalog(layout.CATALOG_NAME, warehouse=root)
+        from pyiceberg.utils.config import Config
+
+        # pyiceberg reads PYICEBERG_CATALOG__* once, at import; read them as they are now.
+        current = Config().get_catalog_config(layout.CATALOG_NAME) or {}
+        catalog = load_catalog(layout.CATALOG_NAME, **{**current, "warehouse": root})
     if create_namespace:
         catalog.create_namespace_if_not_exists(layout.NAMESPACE)
     return catalog

@@ -35,17 +35,15 @@ def warehouse(request, tmp_path, monkeypatch):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     endpoint = "http://{}:{}".format(*server.get_host_and_port())
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))  # state is process-wide
+    reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")  # moto's state is process-wide
+    urllib.request.urlopen(reset)
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     monkeypatch.setenv("PYICEBERG_CATALOG__VERGER__TYPE", "glue")  # what the template's spark-env sets
     monkeypatch.setenv("PYICEBERG_CATALOG__VERGER__GLUE__ENDPOINT", endpoint)
     monkeypatch.setenv("PYICEBERG_CATALOG__VERGER__S3__ENDPOINT", endpoint)
-    import pyiceberg.catalog
-    from pyiceberg.utils.config import Config
-
-    monkeypatch.setattr(pyiceberg.catalog, "_ENV_CONFIG", Config())  # pyiceberg reads its env at import
     boto3.client("s3").create_bucket(Bucket="verger-wh", CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
     yield "s3://verger-wh/warehouse", fs.S3FileSystem(endpoint_override=endpoint, region="eu-west-3"), "verger-wh/warehouse"
+    urllib.request.urlopen(reset)  # leave no Glue database behind for the next test's moto
     server.stop()
 
 
