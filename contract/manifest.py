@@ -172,7 +172,11 @@ def validate(manifest: Manifest) -> None:
         raise ManifestError(f"source {manifest.source!r} must be a bucket (s3://bucket), not a prefix")
     if not manifest.batch_id:
         raise ManifestError("manifest field 'batch_id' is empty")
-
+    if manifest.mode in LISTING_MODES and manifest.items:
+        raise ManifestError(
+            f"a {manifest.mode!r} manifest carries no items: the job lists the source itself "
+            f"(got {len(manifest.items)})"
+        )
 
 
 def check_uri(uri: str, what: str, schemes: tuple[str, ...]) -> None:

@@ -29,6 +29,18 @@ def write_bytes(uri: str, data: bytes) -> None:
     os.replace(handle.name, path)
 
 
+def delete(uri: str) -> None:
+    """Delete the object or file; one that is already gone is fine (an erasure may run twice)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        s3().delete_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+        return
+    try:
+        os.remove(local_path(uri))
+    except FileNotFoundError:
+        pass
+
+
 def exists(uri: str) -> bool:
     parsed = urlparse(uri)
     if parsed.scheme == "s3":

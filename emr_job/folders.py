@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from datetime import datetime, timezone
 from itertools import zip_longest
 
 from contract.layout import is_image_key
-from contract.manifest import Manifest, ManifestItem, build_manifest
+from contract.manifest import LISTING_MODES, Manifest, ManifestItem, build_manifest
 
 
 def manifest_for_folder(images_dir: str, mode: str = "incremental", limit: int | None = None) -> Manifest:
@@ -19,6 +20,8 @@ def manifest_for_folder(images_dir: str, mode: str = "incremental", limit: int |
     root = os.path.abspath(images_dir)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"images folder not found: {images_dir}")
+    if mode in LISTING_MODES:  # the job lists the folder itself
+        return build_manifest(mode, f"file://{root}", [], nonce=datetime.now(timezone.utc).isoformat())
     keys = sample(list_image_keys(root), limit)
     items = [ManifestItem(key=key, etag=file_md5(os.path.join(root, key)), size=os.path.getsize(os.path.join(root, key)))
              for key in keys]

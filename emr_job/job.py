@@ -8,77 +8,72 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import pandas as pd
 from pyspark import SparkFiles, StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from contract import layout
-from contract.manifest import Manifest
+from contract.manifest import LISTING_MODES, Manifest
 from emr_job import blobs, store
 from emr_job.engines import load_extractor
+from emr_job.erasure import erase, erase_removed, erasure_filter
 from emr_job.extract import OUTPUT_SCHEMA, extract_partitions
 from emr_job.images import Reason
+from emr_job.listing import list_source
 from emr_job.projections import apply_pca
-from emr_job.readers import latest_etags
+from emr_job.readers import current_features, current_versions, table_rows
 from emr_job.settings import JobSettings
 from emr_job.suggest import suggest_for_batch
 
 ITEM_SCHEMA = "image_key string, etag string, label string"
 ROWS_PER_PARTITION = 256
 TRANSIENT_REASONS = (Reason.FETCH_FAILED,)
+DERIVED_TABLES = (layout.PROJECTIONS_TABLE, layout.QUARANTINE_TABLE, layout.SUGGESTIONS_TABLE)
 
 
 def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings) -> dict:
-    """Process the batch and return its report (also written to reports/<batch_id>.json)."""
+    """Process the batch and return its report (also written to reports/<batch_id>.json).
+
+    Every step is safe to re-run: a batch killed between any two commits, run again, erases what
+    it had to erase, extracts what is not stored yet, and projects and suggests every photo of its
+    keys that has no projection or suggestion.
+    """
     started = time.perf_counter()
     ingested_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     catalog = store.open_catalog(settings.warehouse)
-    latest = latest_etags(store.load_table(catalog, layout.FEATURES_TABLE))
-    todo, already_quarantined = list(manifest.items), 0
-    if manifest.mode == "incremental":
-        fresh = [item for item in manifest.items if latest.get(item.key) != item.etag]
-        rejected = quarantined_for_good(store.load_table(catalog, layout.QUARANTINE_TABLE))
-        todo = [item for item in fresh if (item.key, item.etag) not in rejected]
-        already_quarantined = len(fresh) - len(todo)
-
-    report: dict = {
-        "batch_id": manifest.batch_id,
-        "mode": manifest.mode,
-        "source": manifest.source,
-        "ingested_at": ingested_at,
-        "images": {
-            "in_manifest": len(manifest.items),
-            "already_present": len(manifest.items) - len(todo) - already_quarantined,
-            "already_quarantined": already_quarantined,
-        },
-        "seconds": {},
-    }
-    extracted = new_rows = None
-    if todo:
-        extracted, extraction = extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at)
-        new_rows = extracted.where(F.col("reason").isNull())
+    report: dict = {"batch_id": manifest.batch_id, "mode": manifest.mode, "source": manifest.source,
+                    "ingested_at": ingested_at, "seconds": {}}
+    removals = [item for item in manifest.items if item.removed]
+    if removals:
+        report["erasure"] = erase_removed(spark, catalog, settings.warehouse, manifest.source,
+                                          manifest.batch_id, removals)
+    batch = plan_batch(spark, catalog, manifest, ingested_at)
+    report["images"] = batch.counts
+    if batch.erase_absent:
+        report["erasure_of_absent"] = erase(spark, catalog, settings.warehouse, manifest.source,
+                                            manifest.batch_id, batch.erase_absent)
+    if batch.todo_count:
+        extraction = extract_and_commit(spark, catalog, manifest, batch, settings, ingested_at)
         report["images"].update(extraction["images"])
         report["seconds"].update(extraction["seconds"])
     else:
         report["images"].update({"new": 0, "quarantined": 0, "quarantined_by_reason": {}})
+    batch.release()
 
     began = time.perf_counter()
-    report["pca"] = apply_pca(spark, catalog, manifest, settings, new_rows, latest)
+    report["pca"] = apply_pca(spark, catalog, manifest, settings, batch.keys)
     report["seconds"]["pca"] = round(time.perf_counter() - began, 3)
-    if new_rows is not None and any(layout.label_of(item.key) is None for item in todo):
-        report["suggestions"] = suggest_for_batch(
-            spark, catalog, settings.warehouse, manifest.source, manifest.batch_id,
-            new_rows.where(F.col("label").isNull()),
-        )
-    if extracted is not None:
-        extracted.unpersist()
+    unsuggested = unsuggested_rows(spark, catalog, batch.keys)
+    if not unsuggested.isEmpty():
+        report["suggestions"] = suggest_for_batch(spark, catalog, settings.warehouse, manifest.source,
+                                                  manifest.batch_id, unsuggested)
 
     total = time.perf_counter() - started
     report["seconds"]["total"] = round(total, 3)
-    report["images_per_second"] = round(len(todo) / total, 2) if todo else 0.0
+    report["images_per_second"] = round(batch.todo_count / total, 2) if batch.todo_count else 0.0
     report["status"] = "complete"
     blobs.write_bytes(report_uri(settings.warehouse, manifest.batch_id), json.dumps(report, indent=1).encode())
     return report
@@ -88,26 +83,93 @@ def report_uri(warehouse: str, batch_id: str) -> str:
     return layout.warehouse_path(store.warehouse_root(warehouse), layout.REPORTS_DIR, f"{batch_id}.json")
 
 
-def quarantined_for_good(quarantine_table) -> set[tuple[str, str]]:
-    """(image_key, etag) pairs already rejected for a reason a retry cannot change."""
-    if quarantine_table is None:
-        return set()
-    rows = store.read_columns(quarantine_table, ["image_key", "etag", "reason"]).to_pandas()
-    rows = rows[~rows["reason"].isin(TRANSIENT_REASONS)]
-    return set(zip(rows["image_key"], rows["etag"]))
+@dataclass
+class Batch:
+    """What a batch has to extract, decided in Spark: `todo` (image_key, etag, label, stored_etag)
+    stays distributed; only counts and, for the features commit, batch-sized key lists reach the driver."""
+
+    todo: DataFrame
+    todo_count: int
+    counts: dict
+    keys: list[str] | None  # the keys this batch covers (None: every key, for a listing mode)
+    erase_absent: list[str]
+
+    def release(self) -> None:
+        self.todo.unpersist()
 
 
-def extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at) -> tuple[DataFrame, dict]:
-    """Features for `todo`, committed with their quarantine rows; returns every extracted row
-    (persisted, for the PCA step; the caller unpersists it) and the extraction part of the report."""
-    items = pd.DataFrame(
-        {
-            "image_key": [item.key for item in todo],
-            "etag": [item.etag for item in todo],
-            "label": [layout.label_of(item.key) for item in todo],
-        }
-    )
-    partitions = max(1, min(-(-len(todo) // ROWS_PER_PARTITION), spark.sparkContext.defaultParallelism * 8))
+def plan_batch(spark: SparkSession, catalog, manifest: Manifest, ingested_at: str) -> Batch:
+    """Compare the batch's (key, etag) pairs with the store without bringing the store to the
+    driver: anti-joins against the current rows and the quarantine, read only from the files whose
+    key bounds may hold the batch's keys (a listing mode compares the whole bucket with the whole
+    store, still distributed)."""
+    if manifest.mode in LISTING_MODES:
+        candidates = list_source(spark, manifest.source).persist(StorageLevel.MEMORY_AND_DISK)
+        keys = None
+    else:
+        added = [item for item in manifest.items if not item.removed]
+        candidates = spark.createDataFrame(
+            [(item.key, item.etag, layout.label_of(item.key)) for item in added], ITEM_SCHEMA
+        )
+        keys = sorted({item.key for item in added})
+    stored = current_versions(spark, catalog, keys).select("image_key", F.col("etag").alias("stored_etag"))
+    with_stored = candidates.join(stored, "image_key", "left")
+    if manifest.mode == "full":
+        fresh = todo = with_stored
+    else:
+        fresh = with_stored.where(F.col("stored_etag").isNull() | (F.col("stored_etag") != F.col("etag")))
+        rejected = table_rows(spark, catalog, layout.QUARANTINE_TABLE, "image_key string, etag string, reason string",
+                              keys).where(~F.col("reason").isin(*TRANSIENT_REASONS)).select("image_key", "etag")
+        todo = fresh.join(rejected, ["image_key", "etag"], "left_anti")
+    todo = todo.persist(StorageLevel.MEMORY_AND_DISK)
+    in_manifest, fresh_count, todo_count = candidates.count(), fresh.count(), todo.count()
+    absent = []
+    if manifest.mode == "sweep":
+        # Lost ObjectRemoved events: stored photos the bucket no longer holds (rows committed after
+        # this listing began are younger than `ingested_at` and stay).
+        older = current_versions(spark, catalog).where(F.col("ingested_at") < ingested_at)
+        gone = older.join(candidates.select("image_key"), "image_key", "left_anti").select("image_key")
+        absent = [row.image_key for row in gone.collect()]
+    candidates.unpersist()
+    counts = {"in_manifest": in_manifest, "already_present": in_manifest - fresh_count,
+              "already_quarantined": fresh_count - todo_count}
+    return Batch(todo, todo_count, counts, keys, absent)
+
+
+def unsuggested_rows(spark: SparkSession, catalog, keys: list[str] | None) -> DataFrame:
+    """The batch's unlabelled photos with no suggestion for their current version: this batch's new
+    ones, and any a killed earlier run left without one."""
+    photos = current_features(spark, catalog, keys).where(F.col("label").isNull())
+    done = table_rows(spark, catalog, layout.SUGGESTIONS_TABLE, "image_key string, etag string", keys)
+    return photos.join(done, ["image_key", "etag"], "left_anti").select("image_key", "etag", "features")
+
+
+def replaced_versions(batch: Batch, transient: list[str]) -> dict[str, str]:
+    """key → new etag, for the keys this batch re-extracted over a stored older version (those
+    whose fetch failed transiently keep their old version)."""
+    rows = batch.todo.where(F.col("stored_etag").isNotNull()).select("image_key", "etag").collect()
+    return {row.image_key: row.etag for row in rows if row.image_key not in set(transient)}
+
+
+def features_delete_filter(manifest: Manifest, replaced: dict[str, str], transient: list[str], ingested_at: str):
+    """What the features commit deletes along with adding the new rows.
+
+    Incremental and sweep: the previous versions of the keys re-extracted. Full: every row older
+    than this run's start except those of transient failures, so a photo keeps its row when its
+    re-fetch fails, and rows an incremental batch committed after the listing (younger) stay.
+    """
+    from pyiceberg.expressions import And, LessThan, Not
+
+    if manifest.mode == "full":
+        older = LessThan("ingested_at", ingested_at)
+        return And(older, Not(store.keys_filter(transient))) if transient else older
+    return store.keys_filter(replaced)
+
+
+def extract_and_commit(spark, catalog, manifest, batch: Batch, settings, ingested_at) -> dict:
+    """Features for the batch's todo rows, committed with their quarantine rows (quarantine
+    first: a photo is never without either); returns the extraction part of the report."""
+    partitions = max(1, min(-(-batch.todo_count // ROWS_PER_PARTITION), spark.sparkContext.defaultParallelism * 8))
     spark.sparkContext.addFile(settings.weights_path)
     weights_name = os.path.basename(settings.weights_path)
     threads = int(spark.conf.get("spark.task.cpus", "1"))
@@ -117,7 +179,7 @@ def extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at) ->
         return load_extractor(SparkFiles.get(weights_name), engine, threads)
 
     extracted = (
-        spark.createDataFrame(items, ITEM_SCHEMA)
+        batch.todo.select("image_key", "etag", "label")
         .repartition(partitions)
         .mapInPandas(extract_partitions(manifest.source, loader, batch_size), OUTPUT_SCHEMA)
         .withColumn("batch_id", F.lit(manifest.batch_id))
@@ -148,16 +210,22 @@ def extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at) ->
         ),
         sum(by_reason.values()), settings.warehouse, layout.QUARANTINE_TABLE, manifest.batch_id,
     )
-    store.commit_files(
-        catalog, layout.FEATURES_TABLE, feature_files, manifest.batch_id, replace=manifest.mode == "full"
-    )
+    transient = [row.image_key for row in extracted.where(F.col("reason").isin(*TRANSIENT_REASONS))
+                 .select("image_key").collect()]
+    replaced = replaced_versions(batch, transient) if manifest.mode != "full" else {}
     store.commit_files(catalog, layout.QUARANTINE_TABLE, quarantine_files, manifest.batch_id)
+    if replaced:  # superseded versions leave the derived tables before the features commit makes the batch final
+        for name in DERIVED_TABLES:
+            store.commit_files(catalog, name, [], manifest.batch_id, delete_filter=erasure_filter([], replaced))
+    store.commit_files(catalog, layout.FEATURES_TABLE, feature_files, manifest.batch_id,
+                       delete_filter=features_delete_filter(manifest, replaced, transient, ingested_at))
+    extracted.unpersist()
     write_wall = time.perf_counter() - began
 
     def task_seconds(name: str) -> float:
         return round(sum(getattr(row, name) or 0.0 for row in outcomes), 3)
 
-    return extracted, {
+    return {
         "images": {
             "new": new_count,
             "quarantined": sum(by_reason.values()),

@@ -14,20 +14,21 @@ from pyspark.sql import functions as F
 
 from contract import layout
 from emr_job import pca, store
-from emr_job.readers import current_features, current_pca_version, latest_etags
+from emr_job.readers import current_features, current_pca_version, table_rows
 from emr_job.settings import JobSettings
 
 
-def apply_pca(spark, catalog, manifest, settings, new_rows, latest) -> dict:
-    """Refit (full mode, or no model yet) or project this batch's rows with the current model."""
-    stored = len(latest_etags(store.load_table(catalog, layout.FEATURES_TABLE)))
+def apply_pca(spark, catalog, manifest, settings, keys: list[str] | None) -> dict:
+    """Refit (full mode, or no model yet) or project the rows of the batch's `keys` (None: every
+    key) that have no projection under the current model."""
+    stored = store.row_count(store.load_table(catalog, layout.FEATURES_TABLE))
     if stored < 2:
         return {"action": "none", "reason": f"{stored} feature row(s) stored: a PCA needs at least 2"}
     version = current_pca_version(catalog)
     if manifest.mode == "full" or version is None:
         return refit(spark, catalog, settings, manifest.batch_id)
     model = pca.load(store.warehouse_root(settings.warehouse), version)
-    rows = rows_to_project(spark, catalog, manifest, model.version, new_rows, latest)
+    rows = rows_to_project(spark, catalog, manifest.batch_id, model.version, keys)
     projected = project(rows, model).persist(StorageLevel.MEMORY_AND_DISK)
     sums = projected.agg(
         F.count("*").alias("rows"),
@@ -51,35 +52,18 @@ def apply_pca(spark, catalog, manifest, settings, new_rows, latest) -> dict:
     }
 
 
-def rows_to_project(spark, catalog, manifest, version, new_rows, latest) -> DataFrame:
-    """This batch's new rows, plus stored rows of its keys that a killed earlier run left unprojected."""
-    new_keys = set()
-    frames = []
-    if new_rows is not None:
-        frames.append(new_rows.select("image_key", "etag", "features", "batch_id"))
-        new_keys = {item.key for item in manifest.items if latest.get(item.key) != item.etag}
-    projections = store.load_table(catalog, layout.PROJECTIONS_TABLE)
-    done = set()
-    if projections is not None:
-        stored = store.read_columns(projections, ["image_key", "etag", "pca_version"]).to_pandas()
-        stored = stored[stored["pca_version"] == version]
-        done = set(zip(stored["image_key"], stored["etag"]))
-    missing = {
-        (item.key, latest[item.key]) for item in manifest.items
-        if item.key in latest and item.key not in new_keys and (item.key, latest[item.key]) not in done
-    }
-    if missing:
-        keys = sorted(key for key, _ in missing)
-        frames.append(
-            current_features(spark, catalog).where(F.col("image_key").isin(keys))
-            .select("image_key", "etag", "features", F.lit(manifest.batch_id).alias("batch_id"))
-        )
-    if not frames:
-        return spark.createDataFrame([], "image_key string, etag string, features array<float>, batch_id string")
-    combined = frames[0]
-    for frame in frames[1:]:
-        combined = combined.unionByName(frame)
-    return combined
+def rows_to_project(spark, catalog, batch_id: str, version: str, keys: list[str] | None) -> DataFrame:
+    """Current feature rows of `keys` with no projection under `version`: the batch's new rows,
+    and any that a run killed before its projections commit left behind (an anti-join over the
+    files that may hold the keys; nothing is collected)."""
+    done = (
+        table_rows(spark, catalog, layout.PROJECTIONS_TABLE, "image_key string, etag string, pca_version string", keys)
+        .where(F.col("pca_version") == version)
+        .select("image_key", "etag")
+    )
+    return current_features(spark, catalog, keys).join(done, ["image_key", "etag"], "left_anti").select(
+        "image_key", "etag", "features", F.lit(batch_id).alias("batch_id")
+    )
 
 
 PROJECTION_SCHEMA = (

@@ -12,7 +12,6 @@ from pyspark.sql import functions as F
 from contract import layout
 from emr_job import store
 
-FEATURE_COLUMNS = ("image_key", "label", "etag", "batch_id", "ingested_at", "features")
 
 
 def current_pca_version(catalog) -> str | None:
@@ -22,26 +21,38 @@ def current_pca_version(catalog) -> str | None:
     return projections.properties.get(layout.CURRENT_PCA_PROPERTY)
 
 
-def latest_etags(features_table) -> dict[str, str]:
-    """image_key → etag of its current row; only two short columns are read."""
-    if features_table is None:
-        return {}
-    columns = store.read_columns(features_table, ["image_key", "etag", "ingested_at", "batch_id"]).to_pandas()
-    columns = columns.sort_values(["image_key", "ingested_at", "batch_id"]).drop_duplicates("image_key", keep="last")
-    return dict(zip(columns["image_key"], columns["etag"]))
+FEATURE_SCHEMA = (
+    "image_key string, label string, etag string, batch_id string, ingested_at string, features array<float>"
+)
 
 
-def current_features(spark: SparkSession, catalog) -> DataFrame:
-    """The latest row per image key (a re-upload with a new etag supersedes the old row)."""
-    files = store.data_files(store.load_table(catalog, layout.FEATURES_TABLE))
+def table_rows(spark: SparkSession, catalog, name: str, schema: str, keys: list[str] | None = None) -> DataFrame:
+    """The columns named in `schema` of a table's live rows (only those are read). With `keys`,
+    only those keys' rows, read from the files whose key bounds may hold them: a batch pays for
+    its own keys, not for the store."""
+    files = store.data_files(store.load_table(catalog, name), None if keys is None else store.keys_filter(keys))
+    empty = spark.createDataFrame([], schema)
     if not files:
-        return spark.createDataFrame(
-            [], "image_key string, label string, etag string, batch_id string, ingested_at string, "
-            "features array<float>",
-        )
-    rows = spark.read.parquet(*files).select(*FEATURE_COLUMNS)
+        return empty
+    rows = spark.read.parquet(*files).select(*empty.columns)
+    return rows if keys is None else rows.where(F.col("image_key").isin(*keys))
+
+
+def current_features(spark: SparkSession, catalog, keys: list[str] | None = None,
+                     schema: str = FEATURE_SCHEMA) -> DataFrame:
+    """The latest row per image key (a re-upload with a new etag supersedes the old row); with
+    `keys`, only theirs."""
+    rows = table_rows(spark, catalog, layout.FEATURES_TABLE, schema, keys)
     newest_first = Window.partitionBy("image_key").orderBy(F.desc("ingested_at"), F.desc("batch_id"))
     return rows.withColumn("_rank", F.row_number().over(newest_first)).where("_rank = 1").drop("_rank")
+
+
+VERSION_SCHEMA = "image_key string, etag string, label string, batch_id string, ingested_at string"
+
+
+def current_versions(spark: SparkSession, catalog, keys: list[str] | None = None) -> DataFrame:
+    """The current row per key without its features: five short columns are read, never the 1280 floats."""
+    return current_features(spark, catalog, keys, VERSION_SCHEMA)
 
 
 def current_projections(spark: SparkSession, catalog) -> DataFrame | None:

@@ -3,15 +3,20 @@
 Spark writes each batch's Parquet files to a fresh attempt directory that no reader looks at; the
 batch becomes visible only when pyiceberg registers those files in one catalog commit (`add_files`).
 A job killed before that leaves orphan files and no partial batch; a concurrent commit makes
-pyiceberg raise `CommitFailedException`, and we reload and retry. Locally the catalog is a SQLite
-file in the warehouse; on AWS it comes from pyiceberg's own configuration (Glue, set in the
-template's spark-env), so the step arguments stay the same everywhere.
+pyiceberg raise `CommitFailedException`, and we reload and retry (a delete filter is evaluated
+again against the fresh snapshot). Locally the catalog is a SQLite file in the warehouse; on AWS it
+comes from pyiceberg's own configuration (Glue, set in the template's spark-env), so the step
+arguments stay the same everywhere.
+
+Files are written sorted by image_key and the tables keep full-length image_key bounds in their
+manifests, so a scan filtered by a batch's keys skips the files that cannot hold them.
 """
 from __future__ import annotations
 
 import os
 import time
 import uuid
+import warnings
 from typing import Iterable
 from urllib.parse import urlparse
 
@@ -22,6 +27,15 @@ from contract import layout
 from emr_job.blobs import local_path
 
 COMMIT_ATTEMPTS = 5
+ROWS_PER_FILE = 20_000  # about 100 MB of features
+# Set when a table is created: exact image_key bounds (the default truncates strings to 16
+# characters, which would make every "raw/<Label>/…" file match a key filter), and old metadata
+# files deleted as commits go (they name no features, but they should not pile up either).
+TABLE_PROPERTIES = {
+    "write.metadata.metrics.column.image_key": "full",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "20",
+}
 
 
 def is_local(warehouse: str) -> bool:
@@ -49,7 +63,11 @@ def open_catalog(warehouse: str, create_namespace: bool = True):
             warehouse=f"file://{root}",
         )
     else:
-        catalog = load_catalog(layout.CATALOG_NAME, warehouse=root)
+        from pyiceberg.utils.config import Config
+
+        # pyiceberg reads PYICEBERG_CATALOG__* once, at import; read them as they are now.
+        current = Config().get_catalog_config(layout.CATALOG_NAME) or {}
+        catalog = load_catalog(layout.CATALOG_NAME, **{**current, "warehouse": root})
     if create_namespace:
         catalog.create_namespace_if_not_exists(layout.NAMESPACE)
     return catalog
@@ -77,11 +95,17 @@ def attempt_dir(warehouse: str, table: str, batch_id: str) -> str:
 
 
 def write_rows(frame, rows: int, warehouse: str, table: str, batch_id: str) -> list[str]:
-    """Write a Spark DataFrame to a fresh attempt directory; return the files written (none for no rows)."""
+    """Write a Spark DataFrame to a fresh attempt directory; return the files written (none for no rows).
+
+    One file per `ROWS_PER_FILE` rows, each holding one range of keys, sorted: a batch adds few
+    files, and a later scan for some keys skips the files whose range cannot hold them. (The
+    range partitioning samples `frame` first: callers pass a persisted or cheap frame.)
+    """
     if rows == 0:
         return []
     directory = attempt_dir(warehouse, table, batch_id)
-    frame.write.parquet(directory)
+    files = max(1, -(-rows // ROWS_PER_FILE))
+    frame.repartitionByRange(files, "image_key").sortWithinPartitions("image_key").write.parquet(directory)
     return frame.sparkSession.read.parquet(directory).inputFiles()
 
 
@@ -92,11 +116,30 @@ def iceberg_path(spark_path: str) -> str:
     return spark_path
 
 
-def data_files(table) -> list[str]:
-    """Paths of the table's live data files, for `spark.read.parquet`."""
+def data_files(table, row_filter=None) -> list[str]:
+    """Paths of the table's live data files, for `spark.read.parquet`; with `row_filter`, only the
+    files whose column bounds say they may hold a matching row (the manifests are read, not the data)."""
+    from pyiceberg.expressions import AlwaysTrue
+
     if table is None:
         return []
-    return [task.file.file_path for task in table.scan().plan_files()]
+    return [task.file.file_path for task in table.scan(row_filter=row_filter or AlwaysTrue()).plan_files()]
+
+
+def keys_filter(keys: Iterable[str]):
+    """Rows of these image keys, as an Iceberg expression (AlwaysFalse for none)."""
+    from pyiceberg.expressions import AlwaysFalse, In
+
+    keys = sorted(set(keys))
+    return In("image_key", keys) if keys else AlwaysFalse()
+
+
+def row_count(table) -> int:
+    """Live rows, from the current snapshot's summary (no data read)."""
+    snapshot = None if table is None else table.current_snapshot()
+    if snapshot is None or snapshot.summary is None:
+        return 0
+    return int(snapshot.summary.get("total-records", 0))
 
 
 def read_columns(table, columns: Iterable[str]) -> pa.Table:
@@ -111,22 +154,37 @@ def commit_files(
     batch_id: str,
     replace: bool = False,
     properties: dict[str, str] | None = None,
+    delete_filter=None,
 ) -> None:
-    """Register Parquet files in one atomic commit; `replace` drops every live row in the same commit."""
+    """Register Parquet files in one atomic commit. In the same commit, `replace` drops every live
+    row and `delete_filter` (an Iceberg expression) the rows it matches: files holding only such
+    rows leave the snapshot, files holding some are rewritten without them."""
     from pyiceberg.exceptions import CommitFailedException
     from pyiceberg.expressions import AlwaysTrue
 
+    from pyiceberg.expressions import AlwaysFalse
+
     files = [iceberg_path(path) for path in files]
+    if replace:
+        delete_filter = AlwaysTrue()
+    if delete_filter == AlwaysFalse():
+        delete_filter = None
+    if not files and delete_filter is None and not properties:
+        return
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         table = load_table(catalog, name)
         if table is None and files:
-            table = catalog.create_table_if_not_exists(table_id(name), schema=file_schema(files[0]))
+            table = catalog.create_table_if_not_exists(
+                table_id(name), schema=file_schema(files[0]), properties=TABLE_PROPERTIES
+            )
         if table is None:
             return
         try:
             with table.transaction() as transaction:
-                if replace and table.current_snapshot() is not None:
-                    transaction.delete(AlwaysTrue())
+                if delete_filter is not None and table.current_snapshot() is not None:
+                    with warnings.catch_warnings():  # "did not match any records" is not news
+                        warnings.simplefilter("ignore", UserWarning)
+                        transaction.delete(delete_filter, snapshot_properties={"verger.batch-id": batch_id})
                 if files:
                     transaction.add_files(
                         file_paths=files, snapshot_properties={"verger.batch-id": batch_id}

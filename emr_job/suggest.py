@@ -214,9 +214,11 @@ def write_json_files(rows: Iterable[dict], source: str, warehouse: str) -> int:
     return written
 
 
-def suggest_for_batch(spark, catalog, warehouse: str, source: str, batch_id: str, rows: DataFrame) -> dict:
+def suggest_for_batch(spark, catalog, warehouse: str, source: str, batch_id: str, rows: DataFrame,
+                      replace_filter=None) -> dict:
     """Suggest labels for this batch's unlabelled rows (image_key, etag, features; pca not used),
-    commit them to the suggestions table and write one JSON per photo for the app."""
+    commit them to the suggestions table and write one JSON per photo for the app. `replace_filter`
+    (an Iceberg expression) deletes the rows it matches in the same commit."""
     started = time.perf_counter()
     version = current_pca_version(catalog)
     if version is None:
@@ -238,7 +240,7 @@ def suggest_for_batch(spark, catalog, warehouse: str, source: str, batch_id: str
     })
     frame = spark.createDataFrame(table, SUGGESTION_SCHEMA)
     files = store.write_rows(frame, len(table), warehouse, layout.SUGGESTIONS_TABLE, batch_id)
-    store.commit_files(catalog, layout.SUGGESTIONS_TABLE, files, batch_id)
+    store.commit_files(catalog, layout.SUGGESTIONS_TABLE, files, batch_id, delete_filter=replace_filter)
 
     frame.foreachPartition(lambda partition: write_json_files((row.asDict() for row in partition), source, warehouse))
     return {

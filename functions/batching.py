@@ -5,13 +5,13 @@ time), so a replayed SQS batch yields the same manifests and therefore the same 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from itertools import groupby
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from contract.layout import PHOTO_PREFIXES, is_image_key, manifest_key
+from contract.layout import manifest_key
 from contract.manifest import Manifest, ManifestItem, build_manifest
 from functions.events import ImageUpload
 
@@ -72,19 +72,11 @@ def incremental_manifests(
     ]
 
 
-def full_manifest(s3: Any, bucket: str) -> Manifest:
-    """One `full` manifest listing every photo under `raw/` and `inbox/`: the job replaces the whole
-    store with what it lists, so a photo left out would lose its features."""
-    return build_manifest("full", f"s3://{bucket}", list_photos(s3, bucket))
-
-
-def list_photos(s3: Any, bucket: str) -> Iterator[ManifestItem]:
-    paginator = s3.get_paginator("list_objects_v2")
-    for prefix in PHOTO_PREFIXES:
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            for entry in page.get("Contents", []):
-                if is_image_key(entry["Key"]):
-                    yield ManifestItem(key=entry["Key"], etag=entry["ETag"].strip('"'), size=entry["Size"])
+def full_manifest(bucket: str, nonce: str) -> Manifest:
+    """An item-less `full` manifest: the job lists raw/ and inbox/ itself, distributed (a
+    million-item listing fits neither this function's memory nor its time). `nonce` (the
+    request's time) keeps two requests apart."""
+    return build_manifest("full", f"s3://{bucket}", [], nonce=nonce)
 
 
 def manifest_uri(bucket: str, batch_id: str) -> str:
@@ -119,5 +111,6 @@ def _order(upload: ImageUpload) -> tuple[int, str]:
 
 def _item(upload: ImageUpload) -> ManifestItem:
     return ManifestItem(
-        key=upload.key, etag=upload.etag, size=upload.size, sequencer=upload.sequencer
+        key=upload.key, etag=upload.etag, size=upload.size, sequencer=upload.sequencer,
+        removed=upload.removed,
     )

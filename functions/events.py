@@ -19,6 +19,9 @@ from pydantic import ValidationError
 from contract.layout import PHOTO_PREFIXES, is_image_key
 
 FULL_RECOMPUTE_ACTION = "full-recompute"
+# ObjectRemoved:Delete and ObjectRemoved:DeleteMarkerCreated (versioned buckets) both mean the
+# photo is gone from the bucket's point of view.
+OBJECT_REMOVED = "ObjectRemoved:"
 S3_TEST_EVENT = "s3:TestEvent"
 
 logger = Logger(child=True)
@@ -51,12 +54,14 @@ class DropReason(str, Enum):
 
 @dataclass(frozen=True)
 class ImageUpload:
-    """One image that landed in the bucket; `key` is already URL-decoded."""
+    """One image that landed in the bucket, or left it (`removed`: an `ObjectRemoved` notification,
+    which carries no eTag); `key` is already URL-decoded."""
 
     key: str
     etag: str
     size: int | None
     sequencer: str | None
+    removed: bool = False
 
     @property
     def folder(self) -> str:
@@ -145,10 +150,11 @@ def parse_s3_notification(notification: Any, bucket: str) -> ParsedNotification:
 
 
 def classify_record(record: S3RecordModel, bucket: str) -> ImageUpload | Dropped:
-    """An `ImageUpload`, or the reason this notification is not one."""
+    """An `ImageUpload` (an upload or a removal), or the reason this notification is neither."""
     s3_object = record.s3.object
     key = unquote_plus(s3_object.key) if s3_object else None
-    if not record.eventName.startswith("ObjectCreated:") or s3_object is None or key is None:
+    removed = record.eventName.startswith(OBJECT_REMOVED)
+    if not (record.eventName.startswith("ObjectCreated:") or removed) or s3_object is None or key is None:
         return Dropped(key, DropReason.NOT_OBJECT_CREATED)
     if record.s3.bucket.name != bucket:
         return Dropped(key, DropReason.OTHER_BUCKET)
@@ -158,11 +164,13 @@ def classify_record(record: S3RecordModel, bucket: str) -> ImageUpload | Dropped
         return Dropped(key, DropReason.FOLDER_MARKER)
     if not is_image_key(key):
         return Dropped(key, DropReason.NOT_AN_IMAGE)
+    if s3_object.sequencer and not _is_hex(s3_object.sequencer):
+        raise MalformedMessage(f"sequencer {s3_object.sequencer!r} for {key!r} is not hexadecimal")
+    if removed:
+        return ImageUpload(key=key, etag="", size=None, sequencer=s3_object.sequencer, removed=True)
     etag = (s3_object.eTag or "").strip('"')
     if not etag:
         raise MalformedMessage(f"ObjectCreated notification for {key!r} has no eTag")
-    if s3_object.sequencer and not _is_hex(s3_object.sequencer):
-        raise MalformedMessage(f"sequencer {s3_object.sequencer!r} for {key!r} is not hexadecimal")
     return ImageUpload(
         key=key,
         etag=etag,

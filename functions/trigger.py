@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from aws_lambda_powertools import Logger, Tracer
@@ -34,10 +35,6 @@ tracer = Tracer()
 
 class SubmissionFailed(RuntimeError):
     """The manifest or job of a batch holding this record's images could not be created."""
-
-
-class NothingToRecompute(ValueError):
-    """A full recompute found no images under raw/."""
 
 
 @dataclass(frozen=True)
@@ -143,11 +140,9 @@ def submit_notifications(
 
 
 def full_recompute(settings: Settings, s3: Any, launcher: Launcher) -> Submission:
-    """One `full` manifest of everything under raw/, and its job."""
-    manifest = full_manifest(s3, settings.bucket)
-    if not manifest.items:
-        raise NothingToRecompute(f"no images under s3://{settings.bucket}/raw/: nothing to recompute")
-    return submit_manifest(manifest, settings, s3, launcher)
+    """One item-less `full` manifest (the job lists raw/ and inbox/ itself), and its job."""
+    nonce = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return submit_manifest(full_manifest(settings.bucket, nonce), settings, s3, launcher)
 
 
 @tracer.capture_method

@@ -1,15 +1,20 @@
-"""`verger run | export | refit`: the job on a local folder, and the store's readers."""
+"""`verger run | export | refit | sweep | forget | maintain`: the job on a local folder or a bucket,
+the store's readers and its upkeep."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+from datetime import datetime, timedelta, timezone
 
 from contract.layout import DEFAULT_VARIANCE_TARGET
+from contract.manifest import MODES, build_manifest
+from emr_job.blobs import local_path
 
 
 def add_commands(subparsers) -> None:
     from emr_job.engines import DEFAULT_ENGINE, ENGINES
+    from emr_job.upkeep import DEFAULT_ORPHAN_AGE, DEFAULT_RETENTION
 
     run = subparsers.add_parser(
         "run", help="process a <Label>/<image> folder as one batch",
@@ -20,8 +25,9 @@ def add_commands(subparsers) -> None:
     run.add_argument("--warehouse", required=True, help="warehouse directory (created if missing)")
     run.add_argument("--weights", help="imagenet, a local .h5 path or an s3:// URI (default: $VERGER_WEIGHTS)")
     run.add_argument("--limit", type=int, help="at most N images, spread across label folders")
-    run.add_argument("--mode", choices=("incremental", "full"), default="incremental",
-                     help="full re-extracts everything and refits the PCA")
+    run.add_argument("--mode", choices=MODES, default="incremental",
+                     help="full re-extracts everything listed and refits the PCA; sweep processes "
+                          "what the store lacks")
     run.add_argument("--variance", type=float, default=DEFAULT_VARIANCE_TARGET,
                      help="explained-variance target that chooses k (default %(default)s)")
     run.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
@@ -45,6 +51,56 @@ def add_commands(subparsers) -> None:
     refit.add_argument("--warehouse", required=True)
     refit.add_argument("--variance", type=float, default=DEFAULT_VARIANCE_TARGET)
     refit.set_defaults(command=command_refit)
+
+    sweep = subparsers.add_parser(
+        "sweep", help="store every photo of a source that the store lacks (lost notifications)",
+        description="The job lists the source (s3://BUCKET: raw/ and inbox/; file:///dir or a "
+                    "folder: all of it) one prefix per task, compares (key, etag) with the store "
+                    "in Spark, processes what is missing and erases stored photos the source no "
+                    "longer holds.",
+    )
+    sweep.add_argument("--source", required=True, help="s3://BUCKET, file:///dir or a local folder")
+    sweep.add_argument("--warehouse", required=True)
+    sweep.add_argument("--weights", help="imagenet, a local .h5 path or an s3:// URI (default: $VERGER_WEIGHTS)")
+    sweep.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
+    sweep.set_defaults(command=command_sweep)
+
+    forget = subparsers.add_parser(
+        "forget", help="erase photos from every table and their suggestion JSON (right to erasure)",
+        description="Deletes every row of the keys from features, projections, quarantine and "
+                    "suggestions, deletes their suggestion JSON, and recomputes the suggestions "
+                    "that cited them. The bytes leave storage when `verger maintain` expires the "
+                    "older snapshots (after --retention-days). Delete the photo from the bucket "
+                    "too, or a sweep will store it again.",
+    )
+    forget.add_argument("--warehouse", required=True)
+    forget.add_argument("--source", help="where the photos live (s3://BUCKET puts suggestion JSON in the bucket)")
+    forget.add_argument("keys", nargs="+", metavar="KEY", help="image key, e.g. raw/Kiwi/1.jpg")
+    forget.set_defaults(command=command_forget)
+
+    maintain = subparsers.add_parser(
+        "maintain", help="compact small files, expire old snapshots, delete unreferenced files",
+        description="Per table: rewrite small files into few sorted by key, expire snapshots older "
+                    "than the retention, then delete data files no snapshot references that are "
+                    "older than the safety window (a younger one may be a commit in flight).",
+    )
+    maintain.add_argument("--warehouse", required=True)
+    maintain.add_argument("--retention-days", type=float, default=DEFAULT_RETENTION.days,
+                          help="keep snapshots this long (default %(default)s): the erasure delay")
+    maintain.add_argument("--orphan-hours", type=float, default=DEFAULT_ORPHAN_AGE.total_seconds() / 3600,
+                          help="only delete unreferenced files older than this (default %(default)s)")
+    maintain.set_defaults(command=command_maintain)
+
+    bench_store = subparsers.add_parser(
+        "bench-store", help="100 new photos into a store grown to --rows rows against a small store",
+        description="Side by side in one run: the job's seconds, the driver's peak memory, what the "
+                    "batch's scans plan to read, and files/snapshots per table before and after maintain.",
+    )
+    bench_store.add_argument("--images", required=True, help="folder laid out as <Label>/<image>")
+    bench_store.add_argument("--rows", type=int, default=1_000_000, help="synthetic rows in the big store")
+    bench_store.add_argument("--workdir", required=True, help="scratch folder (needs ~5.2 GB per million rows)")
+    bench_store.add_argument("--weights", help="local .h5 weights (default: $VERGER_WEIGHTS)")
+    bench_store.set_defaults(command=command_bench_store)
 
     bench = subparsers.add_parser(
         "bench", help="the notebook baseline and Verger's job on the same images, side by side",
@@ -79,6 +135,51 @@ def command_run(args: argparse.Namespace) -> int:
                            engine=args.engine)
     report = run_manifest(get_session("verger-run"), manifest, settings)
     print(json.dumps(report, indent=1))
+    return 0
+
+
+def command_sweep(args: argparse.Namespace) -> int:
+    from emr_job.folders import manifest_for_folder
+    from emr_job.job import JobSettings, run_manifest
+    from emr_job.session import get_session
+    from emr_job.weights import resolve_weights
+
+    if args.source.startswith("s3://"):
+        manifest = build_manifest("sweep", args.source, [], nonce=datetime.now(timezone.utc).isoformat())
+    else:
+        manifest = manifest_for_folder(local_path(args.source), "sweep")
+    settings = JobSettings(warehouse=args.warehouse, weights_path=resolve_weights(args.weights), engine=args.engine)
+    print(json.dumps(run_manifest(get_session("verger-sweep"), manifest, settings), indent=1))
+    return 0
+
+
+def command_forget(args: argparse.Namespace) -> int:
+    from emr_job.erasure import erase
+    from emr_job.session import get_session
+    from emr_job.store import open_catalog
+
+    batch_id = f"forget-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
+    outcome = erase(get_session("verger-forget"), open_catalog(args.warehouse), args.warehouse, args.source,
+                    batch_id, sorted(set(args.keys)))
+    print(json.dumps(outcome, indent=1))
+    return 0
+
+
+def command_maintain(args: argparse.Namespace) -> int:
+    from emr_job.store import open_catalog
+    from emr_job.upkeep import Upkeep, maintain
+
+    upkeep = Upkeep(retention=timedelta(days=args.retention_days), orphan_age=timedelta(hours=args.orphan_hours))
+    print(json.dumps(maintain(open_catalog(args.warehouse), args.warehouse, upkeep), indent=1))
+    return 0
+
+
+def command_bench_store(args: argparse.Namespace) -> int:
+    from emr_job.weights import resolve_weights
+    from verger.store_bench import bench_store
+
+    for line in bench_store(args.images, resolve_weights(args.weights), args.rows, args.workdir):
+        print(line, flush=True)
     return 0
 
 

@@ -21,7 +21,7 @@ def test_batch_id_is_the_same_for_the_same_content_in_any_order_and_time():
 
 
 def test_round_trip_keeps_decoded_keys_with_spaces_and_unicode():
-    manifest = build_manifest("full", "s3://b", items(("raw/Apple Red 1/pomme é.jpg", "e")))
+    manifest = build_manifest("incremental", "s3://b", items(("raw/Apple Red 1/pomme é.jpg", "e")))
     parsed = parse_manifest(manifest.to_json())
     assert parsed == manifest
     assert parsed.items[0].key == "raw/Apple Red 1/pomme é.jpg"
@@ -83,3 +83,10 @@ def test_listing_requests_differ_by_nonce_and_round_trip():
     later = build_manifest("sweep", "s3://b", [], nonce="2026-11-23T06:00:00Z")
     assert first.batch_id == again.batch_id != later.batch_id
     assert parse_manifest(later.to_json()) == later
+
+
+def test_a_listing_mode_manifest_with_items_is_refused():
+    # WHEN a sweep manifest is built with an item (the job lists the source itself in that mode)
+    # THEN it is refused, naming the rule
+    with pytest.raises(ManifestError, match="'sweep' manifest carries no items"):
+        build_manifest("sweep", "s3://b", items(("raw/A/1.jpg", "e")), nonce="n")

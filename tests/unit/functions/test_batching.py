@@ -100,21 +100,25 @@ def test_a_manifest_is_written_once_and_a_replay_leaves_it_untouched(bucket):
     assert parse_manifest(written).items == manifest.items
 
 
-def test_a_full_manifest_pages_through_every_photo_under_raw_and_inbox(bucket):
-    # GIVEN 1,003 images under raw/ (more than one 1,000-key page), a non-image and an inbox photo
-    s3 = boto3.client("s3")
-    for i in range(1003):
-        s3.put_object(Bucket=BUCKET, Key=f"raw/Kiwi/{i:04d}.jpg", Body=b"x")
-    s3.put_object(Bucket=BUCKET, Key="raw/Kiwi/notes.txt", Body=b"x")
-    s3.put_object(Bucket=BUCKET, Key="inbox/1.jpg", Body=b"x")
-    s3.put_object(Bucket=BUCKET, Key="exports/2.jpg", Body=b"x")
+def test_a_full_manifest_carries_no_items_and_two_requests_get_two_batch_ids():
+    # WHEN two full recomputes are requested at different times
+    first = full_manifest(BUCKET, "2026-11-23T10:00:00+00:00")
+    second = full_manifest(BUCKET, "2026-11-23T11:00:00+00:00")
 
-    # WHEN the full manifest is built
-    manifest = full_manifest(s3, BUCKET)
+    # THEN neither lists anything (the job lists raw/ and inbox/ itself), and their batch ids differ
+    assert first.mode == "full" and first.items == () and first.nonce
+    assert first.batch_id != second.batch_id
+    assert parse_manifest(first.to_json()) == first
 
-    # THEN it holds exactly the 1,003 labelled photos and the inbox photo, with unquoted ETags
-    assert manifest.mode == "full"
-    assert len(manifest.items) == 1004
-    assert {item.key for item in manifest.items} == {f"raw/Kiwi/{i:04d}.jpg" for i in range(1003)} | {"inbox/1.jpg"}
-    assert all('"' not in item.etag for item in manifest.items)
-    assert json.loads(manifest.to_json())["items"][0]["size"] == 1
+
+
+def test_a_removal_after_an_upload_of_the_same_key_wins_and_reaches_the_manifest_as_a_removal():
+    # GIVEN an upload, then (later sequencer) a removal of the same key
+    upload = ImageUpload("raw/Kiwi/1.jpg", "e1", 10, "0A")
+    removal = ImageUpload("raw/Kiwi/1.jpg", "", None, "0B", removed=True)
+
+    # WHEN they are cut into manifests
+    [manifest] = incremental_manifests([removal, upload], BUCKET, 10)
+
+    # THEN only the removal is kept, marked as such
+    assert [(item.key, item.removed) for item in manifest.items] == [("raw/Kiwi/1.jpg", True)]

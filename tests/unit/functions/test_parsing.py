@@ -65,7 +65,8 @@ def test_keys_are_url_decoded_with_plus_as_space(encoded, decoded):
         ("models/weights.jpg", BUCKET, "ObjectCreated:Put", DropReason.OUTSIDE_PREFIX),
         ("manifests/incr-1.json", BUCKET, "ObjectCreated:Put", DropReason.OUTSIDE_PREFIX),
         ("raw/Kiwi/1.jpg", "someone-elses-bucket", "ObjectCreated:Put", DropReason.OTHER_BUCKET),
-        ("raw/Kiwi/1.jpg", BUCKET, "ObjectRemoved:Delete", DropReason.NOT_OBJECT_CREATED),
+        ("raw/Kiwi/1.jpg", BUCKET, "ObjectRestore:Completed", DropReason.NOT_OBJECT_CREATED),
+        ("raw/Kiwi/notes.txt", BUCKET, "ObjectRemoved:Delete", DropReason.NOT_AN_IMAGE),
     ],
 )
 def test_notifications_that_are_not_image_uploads_are_dropped_with_a_reason(key, bucket, event_name, reason):
@@ -168,3 +169,16 @@ def test_the_event_files_have_the_shapes_lambda_delivers():
     SqsModel.model_validate(sqs)
     S3Model.model_validate(load_event("s3-put.json"))
     assert all(hashlib.md5(r["body"].encode()).hexdigest() == r["md5OfBody"] for r in sqs["Records"])
+
+
+def test_an_object_removed_notification_becomes_a_removal_of_the_decoded_key():
+    # GIVEN events/s3-delete.json: ObjectRemoved:Delete as S3 sends it (no eTag, no size)
+    event = load_event("s3-delete.json")
+
+    # WHEN it is parsed as an SQS body
+    parsed = parse_sqs_body(json.dumps(event), "verger-photos-example")
+
+    # THEN one removal comes out, for the decoded key, with its sequencer and no etag
+    [removal] = parsed.uploads
+    assert removal.removed and removal.key == "raw/Apple Red 1/r_12_100.jpg"
+    assert removal.etag == "" and removal.sequencer == "0A1B2C3D4E5F6789AB"

@@ -145,17 +145,19 @@ def test_every_image_suffix_under_raw_and_inbox_notifies_the_queue(bucket):
     filters = set()
     for config in configs:
         rules = {r["Name"]: r["Value"] for r in config["Filter"]["S3Key"]["Rules"]}
-        filters.add((rules["prefix"], rules["suffix"]))
-    # THEN each (prefix, suffix) pair the trigger accepts has its own rule, both cases, no others
-    expected = {(p, s) for p in (layout.RAW_PREFIX, layout.INBOX_PREFIX) for s in IMAGE_SUFFIX_VARIANTS}
+        filters.add((config["Event"], rules["prefix"], rules["suffix"]))
+    # THEN each (prefix, suffix) pair the trigger accepts has its own rule for uploads and for
+    # removals, both cases, no others
+    expected = {(event, p, s) for event in ("s3:ObjectCreated:*", "s3:ObjectRemoved:*")
+                for p in (layout.RAW_PREFIX, layout.INBOX_PREFIX) for s in IMAGE_SUFFIX_VARIANTS}
     assert filters == expected
     assert len(configs) == len(expected)
 
 
-def test_notifications_are_object_created_events_to_the_upload_queue(bucket):
+def test_notifications_are_upload_and_removal_events_to_the_upload_queue(bucket):
     configs = bucket["NotificationConfiguration"]["QueueConfigurations"]
-    # THEN every rule sends ObjectCreated events to the upload queue
-    assert {c["Event"] for c in configs} == {"s3:ObjectCreated:*"}
+    # THEN every rule sends ObjectCreated or ObjectRemoved events to the upload queue
+    assert {c["Event"] for c in configs} == {"s3:ObjectCreated:*", "s3:ObjectRemoved:*"}
     assert {tuple(c["Queue"]["Fn::GetAtt"]) for c in configs} == {("UploadQueue", "Arn")}
 
 
