@@ -23,7 +23,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from contract.layout import MANIFEST_PREFIX, RAW_PREFIX
+from contract.layout import RAW_PREFIX
 from verger import embedded
 
 DEFAULT_BUCKET = "verger-demo-photos"
@@ -107,11 +107,10 @@ def upload(s3: Any, bucket: str, images: Path, keys: list[str], description: str
 
 
 def manifest_ids(s3: Any, bucket: str) -> set[str]:
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=MANIFEST_PREFIX)
-    return {
-        entry["Key"][len(MANIFEST_PREFIX):].removesuffix(".json")
-        for page in pages for entry in page.get("Contents", [])
-    }
+    """Batch ids of the manifests (attempt records live in a sub-folder and are not batches)."""
+    from functions.recovery import manifests
+
+    return {batch_id for batch_id, _ in manifests(s3, bucket)}
 
 
 @contextmanager
