@@ -25,7 +25,7 @@ from verger.template import TEMPLATE
 FUNCTION = "TriggerFunction"
 MOTO_CANNOT_CREATE = (
     "AWS::Glue::Database", "AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy", "AWS::CloudWatch::Alarm",
-    "AWS::Scheduler::Schedule",
+    "AWS::Scheduler::Schedule", "AWS::Glue::Table", "AWS::Athena::WorkGroup", "AWS::Athena::NamedQuery",
 )
 _SUB_NAME = re.compile(r"\$\{([^}!]+)\}")
 
