@@ -1,5 +1,5 @@
 """Stage what the cluster needs in the bucket: the job wheel, its entry script, the bootstrap
-action with its lock, and the model weights with their checksum.
+action with its lock, the TLS certificates of its nodes, and the model weights with their checksum.
 
     python -m bootstrap.stage --bucket BUCKET [--weights PATH] [--region eu-west-3]
 
@@ -22,6 +22,7 @@ from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bootstrap.locks import JOB_LOCK, REPO_ROOT
+from bootstrap.tls import certificates_zip
 from contract.layout import WEIGHTS_CHECKSUM_METADATA
 
 CODE_PREFIX = "code/"
@@ -31,6 +32,8 @@ BOOTSTRAP_SCRIPT = Path(__file__).resolve().parent / "emr_bootstrap.sh"
 BOOTSTRAP_KEY = f"{CODE_PREFIX}{BOOTSTRAP_SCRIPT.name}"
 LOCK_KEY = f"{CODE_PREFIX}{JOB_LOCK.filename}"
 WHEEL_GLOB_PREFIX = f"{CODE_PREFIX}verger-"
+# The zip the stack's EMR security configuration names for in-transit TLS (bootstrap/tls.py).
+TLS_CERTIFICATES_KEY = f"{CODE_PREFIX}tls/certificates.zip"
 # The key template.yaml passes to the job as VERGER_WEIGHTS_URI, whatever the local file is called.
 WEIGHTS_KEY = f"{MODELS_PREFIX}mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 
@@ -124,6 +127,20 @@ def stage_weights(s3, bucket: str, weights: Path) -> list[Staged]:
     return [staged, Staged(uri=f"s3://{bucket}/{checksum_key}", sha256=staged.sha256)]
 
 
+def stage_tls_certificates(s3, bucket: str, region: str, rotate: bool = False) -> list[Staged]:
+    """Upload the cluster's TLS certificates unless they are there: replacing them under running
+    nodes would split a cluster in two, so rotation is explicit (`--rotate-tls`)."""
+    body = certificates_zip(region)
+    condition = {} if rotate else {"IfNoneMatch": "*"}
+    try:
+        s3.put_object(Bucket=bucket, Key=TLS_CERTIFICATES_KEY, Body=body, ContentType="application/zip", **condition)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "PreconditionFailed":
+            raise
+        return []
+    return [Staged(uri=f"s3://{bucket}/{TLS_CERTIFICATES_KEY}", sha256=hashlib.sha256(body).hexdigest())]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bootstrap.stage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bucket", required=True, help="the stack's bucket (output BucketName)")
@@ -134,10 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         "--no-build-isolation", action="store_true",
         help="build the wheel with the current environment's setuptools (offline builds)",
     )
+    parser.add_argument("--rotate-tls", action="store_true",
+                        help="replace the cluster's TLS certificates (only while no cluster runs)")
     args = parser.parse_args(argv)
     s3 = boto3.client("s3", region_name=args.region)
     try:
         staged = stage_code(s3, args.bucket, args.project, isolated=not args.no_build_isolation)
+        staged += stage_tls_certificates(s3, args.bucket, s3.meta.region_name, rotate=args.rotate_tls)
         if args.weights:
             staged += stage_weights(s3, args.bucket, args.weights)
     except StageError as error:

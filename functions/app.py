@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from functions import clients, telemetry, trigger
+from functions import clients, recovery, telemetry, trigger
 from functions.events import EventKind, event_kind
 from functions.launchers import launcher_for
-from functions.settings import load_settings
+from functions.run_events import failure_from_job_run_event, failure_from_step_event
+from functions.settings import Settings, load_settings
 
 logger = Logger()
 tracer = Tracer()
@@ -23,11 +25,13 @@ processor = BatchProcessor(event_type=EventType.SQS)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """SQS batch → partial batch response; plain S3 event or full recompute → a summary."""
+    """SQS batch → partial batch response; anything else → a summary of what was done."""
     kind = event_kind(event)
     settings = load_settings(os.environ)
     s3 = clients.client("s3")
     launcher = launcher_for(settings, clients.client)
+    if kind in (EventKind.EMR_STEP_CHANGE, EventKind.SERVERLESS_RUN_CHANGE, EventKind.RERUN, EventKind.RECONCILE):
+        return recover(kind, event, settings, s3, launcher)
     if kind is EventKind.FULL_RECOMPUTE:
         submission = trigger.full_recompute(settings, s3, launcher)
         telemetry.publish_submissions(metrics, [submission])
@@ -42,3 +46,26 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return process_partial_response(
         event=event, record_handler=outcome.settle, processor=processor, context=context
     )
+
+
+def recover(kind: EventKind, event: dict[str, Any], settings: Settings, s3: Any, launcher: Any) -> dict[str, Any]:
+    """Failed runs, re-runs and the reconcile schedule (see `functions.recovery`)."""
+    sns = clients.client("sns")
+    if kind is EventKind.RECONCILE:
+        # Scheduler fills in its scheduled time; a person's manual reconcile gets the current second.
+        scheduled = str(event.get("scheduled_time") or datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        result = recovery.reconcile(settings, s3, launcher, sns, scheduled)
+        telemetry.publish_reconciliation(metrics, result)
+        return result.as_dict()
+    if kind is EventKind.RERUN:
+        return recovery.rerun(str(event.get("batch_id") or ""), settings, s3, launcher).as_dict()
+    failure = (
+        failure_from_step_event(event)
+        if kind is EventKind.EMR_STEP_CHANGE
+        else failure_from_job_run_event(event, clients.client("emr-serverless"), settings.emr_application_id)
+    )
+    if failure is None:
+        return {"action": "ignored"}
+    outcome = recovery.retry_failed_run(failure, settings, s3, launcher, sns)
+    telemetry.publish_retry(metrics, outcome)
+    return outcome.as_dict()

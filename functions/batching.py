@@ -15,6 +15,9 @@ from contract.layout import manifest_key
 from contract.manifest import Manifest, ManifestItem, build_manifest
 from functions.events import ImageUpload
 
+# S3 answers a lost conditional write with 412 PreconditionFailed, or 409 when two race.
+CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict")
+
 
 def latest_per_key(uploads: Iterable[ImageUpload]) -> list[ImageUpload]:
     """One upload per key: the latest by S3's sequencer, sorted by (folder, key).
@@ -86,21 +89,30 @@ def manifest_uri(bucket: str, batch_id: str) -> str:
 def write_manifest(s3: Any, bucket: str, manifest: Manifest) -> bool:
     """Write the manifest once; False when a replay finds it already there.
 
-    The write is conditional (`If-None-Match: *`), so a manifest a running step may be reading
-    is never rewritten: same batch id, same items, first `created_at` kept.
+    The write is conditional, so a manifest a running step may be reading is never rewritten:
+    same batch id, same items, first `created_at` kept.
     """
+    return put_if_absent(s3, bucket, manifest_key(manifest.batch_id), manifest.to_json().encode())
+
+
+def put_if_absent(s3: Any, bucket: str, key: str, body: bytes) -> bool:
+    """Create `key` unless it exists (`If-None-Match: *`, atomic in S3); False when it did."""
     try:
-        s3.put_object(
-            Bucket=bucket,
-            Key=manifest_key(manifest.batch_id),
-            Body=manifest.to_json().encode(),
-            ContentType="application/json",
-            IfNoneMatch="*",
-        )
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")
     except ClientError as error:
-        if error.response.get("Error", {}).get("Code") != "PreconditionFailed":
+        if error.response.get("Error", {}).get("Code") not in CONDITION_FAILED:
             raise
         return False
+    return True
+
+
+def object_exists(s3: Any, bucket: str, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
     return True
 
 

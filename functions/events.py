@@ -1,7 +1,9 @@
 """Parse what arrives at the function into image uploads, dropped notifications or poison.
 
-Three shapes arrive: an SQS batch whose bodies are S3 notifications (the deployed path), a plain S3
-notification (`sam local invoke -e events/s3-put.json`), and `{"action": "full-recompute"}`.
+Shapes that arrive: an SQS batch whose bodies are S3 notifications (the deployed path), a plain S3
+notification (`sam local invoke -e events/s3-put.json`), an action (`{"action": "full-recompute"}`,
+`"reconcile"` from the schedule, `"rerun"` from a person), and EventBridge's EMR events about a
+failed run.
 """
 from __future__ import annotations
 
@@ -19,6 +21,10 @@ from pydantic import ValidationError
 from contract.layout import PHOTO_PREFIXES, is_image_key
 
 FULL_RECOMPUTE_ACTION = "full-recompute"
+RECONCILE_ACTION = "reconcile"
+RERUN_ACTION = "rerun"
+EMR_STEP_EVENT = ("aws.emr", "EMR Step Status Change")
+SERVERLESS_RUN_EVENT = ("aws.emr-serverless", "EMR Serverless Job Run State Change")
 # ObjectRemoved:Delete and ObjectRemoved:DeleteMarkerCreated (versioned buckets) both mean the
 # photo is gone from the bucket's point of view.
 OBJECT_REMOVED = "ObjectRemoved:"
@@ -31,6 +37,21 @@ class EventKind(Enum):
     SQS = "sqs"
     S3 = "s3"
     FULL_RECOMPUTE = "full-recompute"
+    RECONCILE = "reconcile"
+    RERUN = "rerun"
+    EMR_STEP_CHANGE = "emr-step-change"
+    SERVERLESS_RUN_CHANGE = "serverless-run-change"
+
+
+ACTIONS = {
+    FULL_RECOMPUTE_ACTION: EventKind.FULL_RECOMPUTE,
+    RECONCILE_ACTION: EventKind.RECONCILE,
+    RERUN_ACTION: EventKind.RERUN,
+}
+EVENTBRIDGE_KINDS = {
+    EMR_STEP_EVENT: EventKind.EMR_STEP_CHANGE,
+    SERVERLESS_RUN_EVENT: EventKind.SERVERLESS_RUN_CHANGE,
+}
 
 
 class UnsupportedEvent(ValueError):
@@ -83,14 +104,19 @@ class ParsedNotification:
 
 
 def event_kind(event: Any) -> EventKind:
-    """Tell the three accepted invocation shapes apart, refusing anything else by name."""
+    """Tell the accepted invocation shapes apart, refusing anything else by name."""
     if isinstance(event, dict):
         if "action" in event:
-            if event["action"] == FULL_RECOMPUTE_ACTION:
-                return EventKind.FULL_RECOMPUTE
+            if event["action"] in ACTIONS:
+                return ACTIONS[event["action"]]
             raise UnsupportedEvent(
-                f"unknown action {event['action']!r}: the only action is {FULL_RECOMPUTE_ACTION!r}"
+                f"unknown action {event['action']!r}: expected one of {', '.join(map(repr, ACTIONS))}"
             )
+        if "detail-type" in event:
+            origin = (event.get("source"), event.get("detail-type"))
+            if origin in EVENTBRIDGE_KINDS:
+                return EVENTBRIDGE_KINDS[origin]
+            raise UnsupportedEvent(f"EventBridge event {origin!r}: expected EMR step or EMR Serverless job run changes")
         records = event.get("Records")
         if isinstance(records, list) and records and isinstance(records[0], dict):
             source = records[0].get("eventSource")
@@ -100,7 +126,7 @@ def event_kind(event: Any) -> EventKind:
                 return EventKind.S3
             raise UnsupportedEvent(f"records from {source!r}: expected aws:sqs or aws:s3")
     raise UnsupportedEvent(
-        "expected an SQS batch, an S3 notification or {\"action\": \"full-recompute\"}"
+        "expected an SQS batch, an S3 notification, an EMR event or {\"action\": …}"
     )
 
 

@@ -14,6 +14,8 @@ LAUNCHERS = ("emr", "emr-serverless", "local")
 DEFAULT_LAUNCHER = "emr"
 DEFAULT_MAX_IMAGES_PER_MANIFEST = 5000
 DEFAULT_SPARK_SUBMIT = "spark-submit"
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_RECONCILE_GRACE_MINUTES = 120
 
 
 class SettingsError(ValueError):
@@ -34,6 +36,12 @@ class Settings:
         The job's entry script (`s3://BUCKET/code/step.py` on AWS, a file path locally).
     warehouse_uri, weights_uri : str
         Passed through to the job as step arguments.
+    emr_cluster_id : str, optional
+        An existing cluster to use; without it the stack's own cluster is found or created.
+    max_attempts : int
+        Runs of one batch (the first included) before the alert topic is told.
+    reconcile_grace_minutes : int
+        A manifest younger than this is left to its run, even without a report.
     """
 
     bucket: str
@@ -47,6 +55,9 @@ class Settings:
     emr_application_id: str | None = None
     emr_job_role_arn: str | None = None
     spark_submit: str = DEFAULT_SPARK_SUBMIT
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    reconcile_grace_minutes: int = DEFAULT_RECONCILE_GRACE_MINUTES
+    alert_topic_arn: str | None = None
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -72,6 +83,11 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         emr_application_id=_optional(environ, "VERGER_EMR_APPLICATION_ID"),
         emr_job_role_arn=_optional(environ, "VERGER_EMR_JOB_ROLE_ARN"),
         spark_submit=_optional(environ, "VERGER_SPARK_SUBMIT") or DEFAULT_SPARK_SUBMIT,
+        max_attempts=_positive_int(environ, "VERGER_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS),
+        reconcile_grace_minutes=_positive_int(
+            environ, "VERGER_RECONCILE_GRACE_MINUTES", DEFAULT_RECONCILE_GRACE_MINUTES
+        ),
+        alert_topic_arn=_optional(environ, "VERGER_ALERT_TOPIC_ARN"),
     )
     _require_launcher_settings(settings)
     return settings
@@ -79,7 +95,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
 
 def _require_launcher_settings(settings: Settings) -> None:
     needed = {
-        "emr": {"VERGER_EMR_CLUSTER_ID": settings.emr_cluster_id},
+        "emr": {},  # without VERGER_EMR_CLUSTER_ID the stack's own cluster is used
         "emr-serverless": {
             "VERGER_EMR_APPLICATION_ID": settings.emr_application_id,
             "VERGER_EMR_JOB_ROLE_ARN": settings.emr_job_role_arn,
@@ -117,13 +133,17 @@ def _variance_target(environ: Mapping[str, str]) -> float:
 
 
 def _max_images(environ: Mapping[str, str]) -> int:
-    text = _optional(environ, "VERGER_MAX_IMAGES_PER_MANIFEST")
+    return _positive_int(environ, "VERGER_MAX_IMAGES_PER_MANIFEST", DEFAULT_MAX_IMAGES_PER_MANIFEST)
+
+
+def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    text = _optional(environ, name)
     if text is None:
-        return DEFAULT_MAX_IMAGES_PER_MANIFEST
+        return default
     try:
         value = int(text)
     except ValueError:
-        raise SettingsError(f"VERGER_MAX_IMAGES_PER_MANIFEST={text!r} is not an integer") from None
+        raise SettingsError(f"{name}={text!r} is not an integer") from None
     if value < 1:
-        raise SettingsError(f"VERGER_MAX_IMAGES_PER_MANIFEST={text!r} must be at least 1")
+        raise SettingsError(f"{name}={text!r} must be at least 1")
     return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
+from functions.recovery import Reconciliation, RetryOutcome
 from functions.trigger import BatchOutcome, Submission
 
 
@@ -31,3 +32,16 @@ def publish_submissions(metrics: Metrics, submissions: list[Submission]) -> None
     metrics.add_metric(
         name="DuplicateSubmissionsSkipped", unit=MetricUnit.Count, value=len(submissions) - submitted
     )
+
+
+def publish_retry(metrics: Metrics, outcome: RetryOutcome) -> None:
+    """`RunsFailed` per failure event; `BatchesExhausted` feeds the alarm of the same name."""
+    metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=int(outcome.action != "not-ours"))
+    metrics.add_metric(name="RunsRelaunched", unit=MetricUnit.Count, value=int(outcome.action == "relaunched"))
+    metrics.add_metric(name="BatchesExhausted", unit=MetricUnit.Count, value=int(outcome.alerted))
+
+
+def publish_reconciliation(metrics: Metrics, result: Reconciliation) -> None:
+    metrics.add_metric(name="BatchesPending", unit=MetricUnit.Count, value=len(result.pending))
+    metrics.add_metric(name="RunsRelaunched", unit=MetricUnit.Count, value=len(result.relaunched))
+    metrics.add_metric(name="SweepsSubmitted", unit=MetricUnit.Count, value=int(result.sweep_batch_id is not None))

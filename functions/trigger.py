@@ -16,6 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from contract.layout import step_arguments
 from contract.manifest import Manifest
+from functions import attempts
 from functions.batching import full_manifest, incremental_manifests, manifest_uri, write_manifest
 from functions.events import (
     DropReason,
@@ -147,16 +148,37 @@ def full_recompute(settings: Settings, s3: Any, launcher: Launcher) -> Submissio
 
 @tracer.capture_method
 def submit_manifest(manifest: Manifest, settings: Settings, s3: Any, launcher: Launcher) -> Submission:
-    """Write the manifest, then start its job; both steps are safe to repeat."""
+    """Write the manifest, then start its first attempt; both steps are safe to repeat."""
     logger.set_correlation_id(manifest.batch_id)
     created = write_manifest(s3, settings.bucket, manifest)
+    launch = launch_attempt(manifest.batch_id, settings, s3, launcher, attempt=1)
     uri = manifest_uri(settings.bucket, manifest.batch_id)
-    launch = launcher.launch(
-        manifest.batch_id,
-        step_arguments(uri, settings.warehouse_uri, settings.weights_uri, settings.variance_target),
-    )
     logger.info(
         "batch submitted" if launch.submitted else "batch already submitted",
         extra={"manifest": uri, "images": len(manifest.items), "run_id": launch.run_id},
     )
     return Submission(manifest.batch_id, uri, len(manifest.items), created, launch)
+
+
+def launch_attempt(batch_id: str, settings: Settings, s3: Any, launcher: Launcher, attempt: int) -> Launch:
+    """Start one attempt of a batch whose manifest is written: at most once, whoever asks.
+
+    The attempt is claimed first (a conditional create under `manifests/attempts/`), so two
+    deliveries of one event, even at the same moment, start one run; a launch that fails gives
+    the claim back so that the retry of that delivery can start it.
+    """
+    if not attempts.claim_launch(s3, settings.bucket, batch_id, attempt):
+        logger.info("attempt already launched; skipped", extra={"batch_id": batch_id, "attempt": attempt})
+        return Launch(batch_id, submitted=False)
+    uri = manifest_uri(settings.bucket, batch_id)
+    try:
+        launch = launcher.launch(
+            batch_id,
+            step_arguments(uri, settings.warehouse_uri, settings.weights_uri, settings.variance_target),
+            attempt=attempt,
+        )
+    except BaseException:
+        attempts.release_launch(s3, settings.bucket, batch_id, attempt)
+        raise
+    attempts.note_run(s3, settings.bucket, batch_id, attempt, launch.run_id)
+    return launch

@@ -142,8 +142,12 @@ def create_stack(bucket: str, parameters: Mapping[str, str]) -> Stack:
 
     template = load_template()
     sqs, s3 = boto3.client("sqs"), boto3.client("s3")
+    # The demo launches locally: no cluster or Serverless application is rendered into the
+    # environment; the alert topic is real (moto's SNS), so an exhausted batch can be seen.
+    alert_topic = boto3.client("sns").create_topic(Name=f"{STACK_NAME}-alerts")["TopicArn"]
     refs = {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT_ID, "AWS::Partition": "aws",
-            "AWS::StackName": STACK_NAME, "BucketName": bucket, **parameters}
+            "AWS::StackName": STACK_NAME, "BucketName": bucket, "Launcher": "local", "AlertTopic": alert_topic,
+            **parameters}
     dlq_url, refs[f"{DEAD_LETTER_QUEUE}.Arn"] = create_queue(sqs, template, DEAD_LETTER_QUEUE, Resolver(template, refs))
     queue_url, refs[f"{QUEUE}.Arn"] = create_queue(sqs, template, QUEUE, Resolver(template, refs))
     resolver = Resolver(template, refs)

@@ -27,7 +27,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, TextIO
 
-from contract.layout import MANIFEST_PREFIX, RAW_PREFIX
+from contract.layout import RAW_PREFIX
 from verger import embedded
 from verger.demo.console import LOGS_DIR, SPARK_LOG4J, Console, quiet_logs
 from verger.demo.plan import Plan, PlanError, plan_phases
@@ -151,11 +151,10 @@ def upload_all(s3: Any, bucket: str, uploads: list[tuple[Path, str]], stop: thre
 
 
 def manifest_ids(s3: Any, bucket: str) -> set[str]:
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=MANIFEST_PREFIX)
-    return {
-        entry["Key"][len(MANIFEST_PREFIX):].removesuffix(".json")
-        for page in pages for entry in page.get("Contents", [])
-    }
+    """Batch ids of the manifests (attempt records live in a sub-folder and are not batches)."""
+    from functions.recovery import manifests
+
+    return {batch_id for batch_id, _ in manifests(s3, bucket)}
 
 
 @contextmanager

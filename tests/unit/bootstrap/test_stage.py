@@ -101,7 +101,26 @@ def test_command_line_stages_code_and_weights_and_prints_each_uri(s3, project, t
     printed = capsys.readouterr().out.splitlines()
     assert status == 0
     assert sorted(line.split()[0] for line in printed) == sorted(f"s3://{BUCKET}/{k}" for k in keys(s3))
-    assert len(printed) == 6
+    assert len(printed) == 7
+
+
+def test_tls_certificates_are_staged_once_for_the_region_and_kept_on_the_next_run(s3):
+    # GIVEN a first staging of the cluster's certificates
+    import io, zipfile
+    from cryptography import x509
+
+    first = stage.stage_tls_certificates(s3, BUCKET, "eu-west-3")
+    body = s3.get_object(Bucket=BUCKET, Key=stage.TLS_CERTIFICATES_KEY)["Body"].read()
+    # WHEN staging runs again without --rotate-tls
+    again = stage.stage_tls_certificates(s3, BUCKET, "eu-west-3")
+    # THEN the zip holds the three PEM files EMR reads, for the region's internal domain, unchanged
+    archive = zipfile.ZipFile(io.BytesIO(body))
+    assert sorted(archive.namelist()) == ["certificateChain.pem", "privateKey.pem", "trustedCertificates.pem"]
+    certificate = x509.load_pem_x509_certificate(archive.read("certificateChain.pem"))
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert names == ["*.eu-west-3.compute.internal"]
+    assert len(first) == 1 and again == []
+    assert s3.get_object(Bucket=BUCKET, Key=stage.TLS_CERTIFICATES_KEY)["Body"].read() == body
 
 
 def test_command_line_reports_a_missing_bucket_without_a_traceback(s3, project, capsys):

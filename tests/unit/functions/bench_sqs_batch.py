@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             Name="bench", ReleaseLabel="emr-7.13.0", JobFlowRole="r", ServiceRole="s",
             Instances={"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True},
         )["JobFlowId"]
-        os.environ.update(function_environment({"BucketName": BUCKET, "Cluster": cluster, "StartCluster": "true"}))
+        os.environ.update(function_environment({"BucketName": BUCKET, "ExistingClusterId": cluster}))
         from functions.app import handler
 
         for run in range(args.repeat):

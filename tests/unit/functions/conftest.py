@@ -28,11 +28,19 @@ FUNCTION = "TriggerFunction"
 BUCKET = "verger-photos-example"  # the bucket named in events/*.json
 REGION = "eu-west-3"
 ROLE_ARN = "arn:aws:iam::123456789012:role/verger-serverless-job"
+STACK = "verger"
+ALERT_TOPIC_ARN = f"arn:aws:sns:{REGION}:123456789012:verger-alerts"
+# What the stack would create for its own cluster (refs of the function's VERGER_CLUSTER_* variables).
+OWN_CLUSTER_REFS = {
+    "EmrServiceRole": "verger-EmrServiceRole", "EmrInstanceProfile": "verger-EmrInstanceProfile",
+    "ClusterSecurityConfiguration": "verger-verger",
+}
 
 
 def resolver(refs: dict[str, str]) -> Resolver:
     """The demo's template reader, with test values for the account and the references."""
-    return Resolver(load_template(TEMPLATE), {"AWS::Region": REGION, "AWS::AccountId": "123456789012", **refs})
+    return Resolver(load_template(TEMPLATE), {"AWS::Region": REGION, "AWS::AccountId": "123456789012",
+                                              "AWS::StackName": STACK, "AlertTopic": ALERT_TOPIC_ARN, **refs})
 
 
 def global_environment(refs: dict[str, str]) -> dict[str, str]:
@@ -152,8 +160,17 @@ def cluster_id(aws) -> str:
 
 @pytest.fixture
 def template_env(monkeypatch: pytest.MonkeyPatch, bucket: str, cluster_id: str) -> dict[str, str]:
-    """The deployed environment (Launcher=emr, the stack's own cluster), set on os.environ."""
-    environment = function_environment({"BucketName": bucket, "Cluster": cluster_id, "StartCluster": "true"})
+    """The deployed environment (Launcher=emr, ExistingClusterId), set on os.environ."""
+    environment = function_environment({"BucketName": bucket, "ExistingClusterId": cluster_id})
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    return environment
+
+
+@pytest.fixture
+def own_cluster_env(monkeypatch: pytest.MonkeyPatch, bucket: str) -> dict[str, str]:
+    """The default deployment (Launcher=emr, no ExistingClusterId): the trigger creates the cluster."""
+    environment = function_environment({"BucketName": bucket, **OWN_CLUSTER_REFS})
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     return environment
@@ -179,8 +196,9 @@ def emitted_metrics(stdout: str) -> list[dict[str, Any]]:
 
 
 def manifests_in(bucket: str) -> dict[str, dict[str, Any]]:
+    """The manifests only: attempt records and the cluster lease live in sub-folders."""
     s3 = boto3.client("s3")
-    listed = s3.list_objects_v2(Bucket=bucket, Prefix="manifests/").get("Contents", [])
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="manifests/", Delimiter="/").get("Contents", [])
     return {
         entry["Key"]: json.loads(s3.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read())
         for entry in listed

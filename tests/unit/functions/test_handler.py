@@ -49,7 +49,7 @@ def test_s3_put_event_writes_a_manifest_with_the_decoded_key_and_adds_its_step(
     assert [item["key"] for item in manifest["items"]] == ["raw/Apple Red 1/r_12_100.jpg"]
     assert key == f"manifests/{manifest['batch_id']}.json"
     assert [step["Config"]["Args"] for step in cluster_steps(cluster_id)] == [expected_step_args(key)]
-    assert [step["Name"] for step in cluster_steps(cluster_id)] == [f"verger-{manifest['batch_id']}"]
+    assert [step["Name"] for step in cluster_steps(cluster_id)] == [f"verger-{manifest['batch_id']}-attempt-1"]
     assert result["batches"][0]["batch_id"] == manifest["batch_id"]
 
 

@@ -27,7 +27,7 @@ ARGS = step_arguments("s3://b/manifests/incr-1.json", "s3://b/warehouse", "s3://
 def test_an_emr_step_runs_spark_submit_in_cluster_mode_with_the_step_arguments(cluster_id):
     # GIVEN a running cluster
     emr = boto3.client("emr")
-    launcher = EmrStepLauncher(emr, cluster_id, "s3://b/code/step.py")
+    launcher = EmrStepLauncher(emr, lambda: cluster_id, "s3://b/code/step.py")
 
     # WHEN a batch is launched
     launch = launcher.launch("incr-1", ARGS)
@@ -35,7 +35,7 @@ def test_an_emr_step_runs_spark_submit_in_cluster_mode_with_the_step_arguments(c
     # THEN one step named after the batch carries the command, and does not stop the cluster on failure
     [step] = emr.list_steps(ClusterId=cluster_id)["Steps"]
     assert launch.submitted and launch.run_id == step["Id"]
-    assert step["Name"] == "verger-incr-1"
+    assert step["Name"] == "verger-incr-1-attempt-1"
     assert step["ActionOnFailure"] == "CONTINUE"
     assert step["Config"]["Jar"] == "command-runner.jar"
     assert step["Config"]["Args"] == ["spark-submit", "--deploy-mode", "cluster", "s3://b/code/step.py", *ARGS]
@@ -44,10 +44,10 @@ def test_an_emr_step_runs_spark_submit_in_cluster_mode_with_the_step_arguments(c
 def test_an_emr_step_already_on_the_cluster_is_not_added_again(cluster_id):
     # GIVEN a step for the batch, added by an earlier invocation
     emr = boto3.client("emr")
-    EmrStepLauncher(emr, cluster_id, "s3://b/code/step.py").launch("incr-1", ARGS)
+    EmrStepLauncher(emr, lambda: cluster_id, "s3://b/code/step.py").launch("incr-1", ARGS)
 
     # WHEN a new invocation (a new launcher) launches the same batch
-    launch = EmrStepLauncher(emr, cluster_id, "s3://b/code/step.py").launch("incr-1", ARGS)
+    launch = EmrStepLauncher(emr, lambda: cluster_id, "s3://b/code/step.py").launch("incr-1", ARGS)
 
     # THEN it is skipped and the cluster still has one step
     assert not launch.submitted
@@ -61,19 +61,19 @@ def test_existing_steps_are_listed_over_every_page_in_live_or_done_states_only(a
     states = ["PENDING", "RUNNING", "COMPLETED"]
     stubber.add_response("list_steps", {"Steps": [{"Name": "verger-other"}], "Marker": "page-2"},
                          {"ClusterId": "j-1", "StepStates": states})
-    stubber.add_response("list_steps", {"Steps": [{"Name": "verger-incr-1"}]},
+    stubber.add_response("list_steps", {"Steps": [{"Name": "verger-incr-1-attempt-1"}]},
                          {"ClusterId": "j-1", "StepStates": states, "Marker": "page-2"})
 
     # WHEN the batch is launched
     with stubber:
-        launch = EmrStepLauncher(emr, "j-1", "s3://b/code/step.py").launch("incr-1", ARGS)
+        launch = EmrStepLauncher(emr, lambda: "j-1", "s3://b/code/step.py").launch("incr-1", ARGS)
 
     # THEN both pages were read (failed/cancelled steps are not asked for) and no step was added
     assert not launch.submitted
     stubber.assert_no_pending_responses()
 
 
-def test_emr_serverless_starts_a_job_run_with_the_batch_id_as_client_token(aws):
+def test_emr_serverless_starts_a_job_run_with_the_batch_id_and_attempt_as_client_token(aws):
     # GIVEN an EMR Serverless client in the stack's region
     client = boto3.client("emr-serverless")
     stubber = Stubber(client)
@@ -84,8 +84,8 @@ def test_emr_serverless_starts_a_job_run_with_the_batch_id_as_client_token(aws):
         {
             "applicationId": "00app",
             "executionRoleArn": "arn:aws:iam::123456789012:role/job",
-            "clientToken": "incr-1",
-            "name": "verger-incr-1",
+            "clientToken": "incr-1-attempt-1",
+            "name": "verger-incr-1-attempt-1",
             "jobDriver": {"sparkSubmit": {"entryPoint": "s3://b/code/step.py", "entryPointArguments": ARGS,
                                           "sparkSubmitParameters": body["sparkSubmitParameters"]}},
             "configurationOverrides": {"monitoringConfiguration": {"s3MonitoringConfiguration": {"logUri": "s3://b/logs/emr-serverless/"}}},

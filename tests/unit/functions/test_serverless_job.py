@@ -1,9 +1,8 @@
 """An EMR Serverless job run carries everything the EMR cluster's configurations give the job.
 
-The cluster side is read from template.yaml's `Cluster` resource (its `Configurations`, resolved
-for the stack's region). `cluster_job_settings` also reads the RunJobFlow API's shape
-(`Properties` instead of `ConfigurationProperties`), so it can be pointed at a cluster definition
-kept outside the template.
+The cluster side is the cluster definition's `Configurations` (functions/cluster.py, the RunJobFlow
+request the trigger sends, for the stack's region). `cluster_job_settings` reads both the API's
+shape (`Properties`) and CloudFormation's (`ConfigurationProperties`).
 """
 from __future__ import annotations
 
@@ -14,7 +13,8 @@ import pytest
 
 from functions import serverless_job
 from functions.serverless_job import WorkerSizes, job_run_request, spark_properties, spark_submit_parameters
-from verger.template import Resolver, load_template, resource_properties
+from functions.cluster import spark_configurations
+from verger.template import load_template, resource_properties
 
 REGION = "eu-west-3"
 DRIVER_ENV = "spark.emr-serverless.driverEnv."
@@ -57,10 +57,7 @@ def serverless_job_settings(properties: dict[str, str]) -> dict[str, dict[str, s
 
 @pytest.fixture(scope="module")
 def cluster_settings() -> dict[str, dict[str, str]]:
-    template = load_template()
-    configurations = resource_properties(template, "Cluster")["Configurations"]
-    resolver = Resolver(template, {"AWS::Region": REGION, "AWS::AccountId": "123456789012"})
-    return cluster_job_settings(resolver.resolve(configurations))
+    return cluster_job_settings(spark_configurations(REGION))
 
 
 def parsed_parameters(text: str) -> dict[str, str]:
@@ -81,29 +78,26 @@ def test_a_job_run_carries_every_setting_the_cluster_configures_with_the_same_va
 
 def test_the_cluster_comparison_sees_a_setting_added_to_the_cluster_only(cluster_settings):
     # GIVEN the cluster's configurations with one more driver variable
-    template = load_template()
-    configurations = Resolver(template, {"AWS::Region": REGION}).resolve(resource_properties(template, "Cluster")["Configurations"])
+    configurations = spark_configurations(REGION)
     for configuration in configurations:
         if configuration["Classification"] == "spark-defaults":
-            configuration["ConfigurationProperties"][f"{APP_MASTER_ENV}NEW_SETTING"] = "1"
+            configuration["Properties"][f"{APP_MASTER_ENV}NEW_SETTING"] = "1"
     # WHEN / THEN the comparison finds it missing from the job run
     widened = cluster_job_settings(configurations)["driver_env"]
     sent = serverless_job_settings(spark_properties(REGION))["driver_env"]
     assert "NEW_SETTING" in widened and "NEW_SETTING" not in sent
 
 
-def test_the_api_shape_of_configurations_reads_the_same_as_the_template_shape(cluster_settings):
-    # GIVEN the template's configurations rewritten as RunJobFlow takes them (Properties)
-    template = load_template()
-    configurations = Resolver(template, {"AWS::Region": REGION}).resolve(resource_properties(template, "Cluster")["Configurations"])
-    as_api = [
-        {"Classification": c["Classification"], "Properties": c.get("ConfigurationProperties", {}),
-         "Configurations": [{"Classification": n["Classification"], "Properties": n["ConfigurationProperties"]}
+def test_the_template_shape_of_configurations_reads_the_same_as_the_api_shape(cluster_settings):
+    # GIVEN the cluster's configurations rewritten as CloudFormation writes them (ConfigurationProperties)
+    as_template = [
+        {"Classification": c["Classification"], "ConfigurationProperties": c.get("Properties", {}),
+         "Configurations": [{"Classification": n["Classification"], "ConfigurationProperties": n["Properties"]}
                             for n in c.get("Configurations", [])]}
-        for c in configurations
+        for c in spark_configurations(REGION)
     ]
     # THEN both shapes give the same job settings
-    assert cluster_job_settings(as_api) == cluster_settings
+    assert cluster_job_settings(as_template) == cluster_settings
 
 
 def test_driver_and_executors_run_the_image_venv_and_read_its_prebuilt_model():

@@ -7,7 +7,7 @@ import pytest
 
 from functions.settings import load_settings, SettingsError
 
-DEPLOYED = {"BucketName": "verger-photos-example", "Cluster": "j-ABC", "StartCluster": "true"}
+DEPLOYED = {"BucketName": "verger-photos-example", "ExistingClusterId": "j-ABC"}
 
 
 def test_the_template_handler_is_the_importable_handler(template_handler):
@@ -30,6 +30,21 @@ def test_the_template_environment_loads_into_settings_with_its_defaults(template
     assert settings.job_entrypoint == "s3://verger-photos-example/code/step.py"
     assert settings.variance_target == float(environment["VERGER_VARIANCE_TARGET"])
     assert settings.max_images_per_manifest == int(environment["VERGER_MAX_IMAGES_PER_MANIFEST"])
+    assert (settings.max_attempts, settings.reconcile_grace_minutes) == (3, 120)
+    assert settings.alert_topic_arn.startswith("arn:aws:sns:")
+
+
+def test_the_default_deployment_needs_no_cluster_id_and_names_its_own_cluster(template_environment):
+    # GIVEN the template rendered with its defaults (no ExistingClusterId)
+    environment = template_environment({"BucketName": "verger-photos-example", "EmrServiceRole": "svc",
+                                        "EmrInstanceProfile": "profile", "ClusterSecurityConfiguration": "sec"})
+
+    # WHEN it is loaded
+    settings = load_settings(environment)
+
+    # THEN no cluster id is required and the cluster the trigger will create is named after the stack
+    assert settings.emr_cluster_id is None
+    assert environment["VERGER_CLUSTER_NAME"] == "verger-verger"
 
 
 def test_the_serverless_flavour_of_the_template_loads_too(template_environment):
@@ -61,7 +76,7 @@ def test_before_an_image_is_given_the_serverless_trigger_names_the_missing_appli
         ({"VERGER_BUCKET": ""}, "VERGER_BUCKET is not set"),
         ({"VERGER_WEIGHTS_URI": None}, "VERGER_WEIGHTS_URI is not set"),
         ({"VERGER_LAUNCHER": "glue"}, "VERGER_LAUNCHER='glue' is not supported"),
-        ({"VERGER_EMR_CLUSTER_ID": ""}, "VERGER_EMR_CLUSTER_ID is required when VERGER_LAUNCHER=emr"),
+        ({"VERGER_MAX_ATTEMPTS": "0"}, "VERGER_MAX_ATTEMPTS='0' must be at least 1"),
         ({"VERGER_LAUNCHER": "emr-serverless"}, "VERGER_EMR_APPLICATION_ID is required"),
         ({"VERGER_VARIANCE_TARGET": "high"}, "VERGER_VARIANCE_TARGET='high' is not a number"),
         ({"VERGER_VARIANCE_TARGET": "1.5"}, r"must be in \(0, 1\]"),

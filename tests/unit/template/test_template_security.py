@@ -1,6 +1,7 @@
 """Security and wiring properties of template.yaml, one per test, read from the parsed template."""
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -13,7 +14,7 @@ from contract import layout
 REPO = Path(__file__).resolve().parents[3]
 IMAGE_SUFFIX_VARIANTS = {s for suffix in layout.IMAGE_SUFFIXES for s in (suffix, suffix.upper())}
 # Actions AWS offers no resource-level permission for; the only ones allowed on Resource '*'.
-ACTIONS_WITHOUT_RESOURCE_PERMISSIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+ACTIONS_WITHOUT_RESOURCE_PERMISSIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords", "elasticmapreduce:ListClusters"}
 
 
 # ---------------------------------------------------------------- helpers
@@ -217,12 +218,17 @@ def test_function_package_holds_only_functions_and_contract(trigger, resources):
 
 def test_function_environment_sets_every_variable_the_trigger_reads(template, trigger):
     names = set(trigger["Environment"]["Variables"]) | set(template["Globals"]["Function"]["Environment"]["Variables"])
+    cluster = {f"VERGER_CLUSTER_{name}" for name in (
+        "NAME", "STACK", "REGION", "RELEASE", "INSTANCE_TYPE", "CORE_COUNT", "CORE_MARKET", "IDLE_TIMEOUT",
+        "SERVICE_ROLE", "INSTANCE_PROFILE", "SECURITY_CONFIGURATION", "SUBNET", "MASTER_SG", "WORKER_SG",
+        "SERVICE_ACCESS_SG")}
     assert names == {
         "VERGER_BUCKET", "VERGER_LAUNCHER", "VERGER_EMR_CLUSTER_ID", "VERGER_EMR_APPLICATION_ID",
         "VERGER_EMR_JOB_ROLE_ARN", "VERGER_JOB_ENTRYPOINT", "VERGER_WAREHOUSE_URI", "VERGER_WEIGHTS_URI",
-        "VERGER_VARIANCE_TARGET", "VERGER_MAX_IMAGES_PER_MANIFEST",
+        "VERGER_VARIANCE_TARGET", "VERGER_MAX_IMAGES_PER_MANIFEST", "VERGER_MAX_ATTEMPTS",
+        "VERGER_RECONCILE_GRACE_MINUTES", "VERGER_ALERT_TOPIC_ARN",
         "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL",
-    }
+    } | cluster
 
 
 def test_environment_points_at_what_the_staging_command_uploads(template, trigger):
@@ -242,12 +248,21 @@ def test_launcher_and_variance_come_from_parameters_with_agreed_defaults(templat
 
 
 def test_queue_events_report_batch_item_failures_with_a_window_parameter(trigger):
-    (event,) = trigger["Events"].values()
+    (event,) = [e for e in trigger["Events"].values() if e["Type"] == "SQS"]
     props = event["Properties"]
-    assert event["Type"] == "SQS"
     assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert props["MaximumBatchingWindowInSeconds"] == {"Ref": "BatchingWindowSeconds"}
     assert 1 <= props["BatchSize"] <= 10000
+
+
+def test_the_schedule_sends_reconcile_with_its_scheduled_time_as_the_sweep_nonce(template, trigger):
+    # GIVEN the function's Scheduler event
+    (event,) = [e for e in trigger["Events"].values() if e["Type"] == "ScheduleV2"]
+    props = event["Properties"]
+    # THEN it runs on the ReconcileSchedule parameter (6 hours by default) with Scheduler's own time
+    assert props["ScheduleExpression"] == {"Ref": "ReconcileSchedule"}
+    assert template["Parameters"]["ReconcileSchedule"]["Default"] == "rate(6 hours)"
+    assert json.loads(props["Input"]) == {"action": "reconcile", "scheduled_time": "<aws.scheduler.scheduled-time>"}
 
 
 # ---------------------------------------------------------------- IAM, everywhere
@@ -272,30 +287,46 @@ def test_function_uses_its_own_role_so_sam_adds_no_broad_managed_policy(trigger,
     assert "ManagedPolicyArns" not in resources["TriggerRole"]["Properties"]
 
 
-def test_lambda_reads_only_raw_and_inbox(lambda_statements):
-    assert resources_of(allowed(lambda_statements, "s3:GetObject")) == {bucket_arn("/raw/*"), bucket_arn("/inbox/*")}
+def test_lambda_reads_only_raw_inbox_and_manifests(lambda_statements):
+    assert resources_of(allowed(lambda_statements, "s3:GetObject")) == {
+        bucket_arn("/raw/*"), bucket_arn("/inbox/*"), bucket_arn("/manifests/*")}
 
 
-def test_lambda_writes_only_manifests(lambda_statements):
+def test_lambda_writes_only_manifests_and_deletes_only_attempt_records(lambda_statements):
     writes = [s for s in lambda_statements if s["Effect"] == "Allow"
               and any(a.startswith("s3:") and a != "s3:GetObject" and a != "s3:ListBucket" for a in as_list(s["Action"]))]
-    assert {a for s in writes for a in as_list(s["Action"])} == {"s3:PutObject"}
-    assert resources_of(writes) == {bucket_arn("/manifests/*")}
+    assert {a for s in writes for a in as_list(s["Action"])} == {"s3:PutObject", "s3:DeleteObject"}
+    assert resources_of(allowed(lambda_statements, "s3:PutObject")) == {bucket_arn("/manifests/*")}
+    assert resources_of(allowed(lambda_statements, "s3:DeleteObject")) == {bucket_arn("/manifests/attempts/*")}
 
 
-def test_lambda_lists_the_bucket_only_under_raw_and_inbox(lambda_statements):
+def test_lambda_lists_the_bucket_only_under_photos_manifests_and_reports(lambda_statements):
     (listing,) = allowed(lambda_statements, "s3:ListBucket")
     assert resources_of([listing]) == {bucket_arn()}
-    assert sorted(listing["Condition"]["StringLike"]["s3:prefix"]) == ["inbox/*", "raw/*"]
+    assert sorted(listing["Condition"]["StringLike"]["s3:prefix"]) == ["inbox/*", "manifests/*", "raw/*", "warehouse/reports/*"]
 
 
-def test_lambda_adds_and_lists_steps_only_on_its_cluster(lambda_statements):
-    step_statements = [s for s in lambda_statements
-                       if any(a.startswith("elasticmapreduce:") for a in as_list(s["Action"]))]
-    assert {a for s in step_statements for a in as_list(s["Action"])} >= {"elasticmapreduce:AddJobFlowSteps"}
-    assert resources_of(step_statements) == {
-        "arn:${AWS::Partition}:elasticmapreduce:${AWS::Region}:${AWS::AccountId}:cluster/${Id}"
-    }
+def test_lambda_uses_only_the_existing_cluster_or_clusters_tagged_with_its_stack(lambda_statements):
+    cluster_arn = "arn:${AWS::Partition}:elasticmapreduce:${AWS::Region}:${AWS::AccountId}:cluster/"
+    by_sid = {s["Sid"]: s for s in lambda_statements}
+    assert resources_of([by_sid["AddStepsToTheExistingCluster"]]) == {cluster_arn + "${ExistingClusterId}"}
+    for sid, key in (("CreateOnlyTaggedClusters", "aws:RequestTag/verger-stack"),
+                     ("UseOnlyTheStackClusters", "aws:ResourceTag/verger-stack")):
+        assert resources_of([by_sid[sid]]) == {cluster_arn + "*"}
+        assert by_sid[sid]["Condition"] == {"StringEquals": {key: {"Ref": "AWS::StackName"}}}
+    assert "elasticmapreduce:RunJobFlow" in by_sid["CreateOnlyTaggedClusters"]["Action"]
+    assert by_sid["FindTheStackCluster"]["Action"] == "elasticmapreduce:ListClusters"
+
+
+def test_lambda_passes_only_the_cluster_roles_to_emr(lambda_statements):
+    by_sid = {s["Sid"]: s for s in lambda_statements}
+    passing = by_sid["PassOnlyTheClusterRolesToEmr"]
+    assert resources_of([passing]) == {"${EmrServiceRole.Arn}", "${EmrInstanceRole.Arn}"}
+    assert passing["Condition"]["StringEquals"]["iam:PassedToService"] == ["elasticmapreduce.amazonaws.com", "ec2.amazonaws.com"]
+
+
+def test_lambda_publishes_only_to_its_alert_topic(lambda_statements):
+    assert resources_of(allowed(lambda_statements, "sns:Publish")) == {"${AlertTopic}"}
 
 
 def test_lambda_starts_job_runs_only_on_its_serverless_application(lambda_statements):
@@ -305,7 +336,7 @@ def test_lambda_starts_job_runs_only_on_its_serverless_application(lambda_statem
 
 
 def test_lambda_passes_only_the_job_role_and_only_to_emr_serverless(lambda_statements):
-    (pass_role,) = allowed(lambda_statements, "iam:PassRole")
+    pass_role = next(s for s in allowed(lambda_statements, "iam:PassRole") if s["Sid"] == "PassJobRoleToServerless")
     assert resources_of([pass_role]) == {"${ServerlessJobRole.Arn}"}
     assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "emr-serverless.amazonaws.com"}}
 
@@ -339,68 +370,86 @@ def test_emr_service_role_passes_only_the_instance_role_to_ec2(resources):
     assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
 
 
-def test_cluster_nodes_get_the_job_policy_and_may_only_add_logs(resources):
+def test_emr_service_role_may_grant_the_disk_key_only_to_aws_resources(resources):
+    (grant,) = allowed(policy_documents(resources)["EmrServiceRole"], "kms:CreateGrant")
+    assert resources_of([grant]) == {"${ClusterDiskKey.Arn}"}
+    assert grant["Condition"] == {"Bool": {"kms:GrantIsForAWSResource": "true"}}
+
+
+def test_cluster_nodes_get_the_job_policy_and_may_only_add_logs_and_use_the_disk_key(resources):
     role = resources["EmrInstanceRole"]["Properties"]
     assert role["ManagedPolicyArns"] == [{"Ref": "JobDataAccessPolicy"}]
-    extra = policy_documents(resources)["EmrInstanceRole"]
-    assert resources_of(extra) == {bucket_arn("/logs/emr/*")}
-    assert {a for s in extra for a in as_list(s["Action"])} == {"s3:PutObject"}
+    extra = {s["Sid"]: s for s in policy_documents(resources)["EmrInstanceRole"]}
+    assert resources_of([extra["UploadClusterLogs"]]) == {bucket_arn("/logs/emr/*")}
+    assert extra["UploadClusterLogs"]["Action"] == "s3:PutObject"
+    assert resources_of([extra["EncryptLocalDisksWithTheDiskKey"]]) == {"${ClusterDiskKey.Arn}"}
+    assert set(extra) == {"UploadClusterLogs", "EncryptLocalDisksWithTheDiskKey"}
 
 
-# ---------------------------------------------------------------- EMR
-def test_cluster_defaults_match_the_original_deployment(template, resources):
-    params = template["Parameters"]
-    instances = resources["Cluster"]["Properties"]["Instances"]
-    assert instances["MasterInstanceGroup"]["InstanceCount"] == 1
-    assert instances["CoreInstanceGroup"]["InstanceCount"] == {"Ref": "CoreInstanceCount"}
-    assert params["CoreInstanceCount"]["Default"] == 2
-    assert params["CoreInstanceType"]["Default"] == "m5.xlarge"
-    assert re.fullmatch(r"emr-7\.\d+\.\d+", params["EmrReleaseLabel"]["Default"])
+# ---------------------------------------------------------------- EMR (the cluster itself: tests/unit/functions/test_cluster.py)
+def test_no_cluster_is_created_by_the_stack_the_trigger_creates_it(template, resources):
+    assert not [r for r in resources.values() if r["Type"] == "AWS::EMR::Cluster"]
+    assert "StartCluster" not in template["Parameters"]
+    assert template["Conditions"]["OwnCluster"] == {
+        "Fn::And": [{"Condition": "UseEmr"}, {"Fn::Equals": [{"Ref": "ExistingClusterId"}, ""]}]}
 
 
-def test_cluster_terminates_itself_when_idle_and_spot_is_optional(template, resources):
-    cluster = resources["Cluster"]["Properties"]
-    assert cluster["AutoTerminationPolicy"] == {"IdleTimeout": {"Ref": "IdleTimeoutSeconds"}}
-    assert cluster["Instances"]["CoreInstanceGroup"]["Market"] == {"Fn::If": ["CoreOnSpot", "SPOT", "ON_DEMAND"]}
-    assert template["Parameters"]["CoreMarket"]["Default"] == "ON_DEMAND"
+def test_security_configuration_encrypts_disks_and_traffic_and_requires_imdsv2(resources):
+    configuration = resources["ClusterSecurityConfiguration"]["Properties"]["SecurityConfiguration"]
+    encryption = configuration["EncryptionConfiguration"]
+    assert encryption["EnableAtRestEncryption"] is True and encryption["EnableInTransitEncryption"] is True
+    disks = encryption["AtRestEncryptionConfiguration"]["LocalDiskEncryptionConfiguration"]
+    assert disks == {"EncryptionKeyProviderType": "AwsKms", "AwsKmsKey": {"Fn::GetAtt": ["ClusterDiskKey", "Arn"]},
+                     "EnableEbsEncryption": True}
+    tls = encryption["InTransitEncryptionConfiguration"]["TLSCertificateConfiguration"]
+    assert tls["CertificateProviderType"] == "PEM"
+    assert text(tls["S3Object"]) == f"s3://${{BucketName}}/{stage.TLS_CERTIFICATES_KEY}"
+    assert configuration["InstanceMetadataServiceConfiguration"]["MinimumInstanceMetadataServiceVersion"] == 2
+    assert resources["ClusterDiskKey"]["Properties"]["EnableKeyRotation"] is True
 
 
-def test_stack_creates_a_cluster_only_when_asked_and_no_existing_one_is_given(template, resources):
-    assert resources["Cluster"]["Condition"] == "CreateCluster"
-    assert template["Conditions"]["CreateCluster"] == {
-        "Fn::And": [{"Condition": "UseEmr"}, {"Fn::Equals": [{"Ref": "ExistingClusterId"}, ""]},
-                    {"Fn::Equals": [{"Ref": "StartCluster"}, "true"]}]
-    }
-    # and not before the code it bootstraps from can be staged
-    assert template["Parameters"]["StartCluster"]["Default"] == "false"
+def test_a_private_subnet_gets_its_own_three_security_groups_and_needs_its_vpc(template, resources):
+    groups = [n for n, r in resources.items() if r["Type"] == "AWS::EC2::SecurityGroup"]
+    assert sorted(groups) == ["ClusterPrimarySecurityGroup", "ClusterServiceAccessSecurityGroup", "ClusterWorkerSecurityGroup"]
+    assert all(resources[g]["Condition"] == "PrivateCluster" for g in groups)
+    # no group admits traffic from outside: the only extra rule is EMR's 9443 from the primary node
+    assert all("SecurityGroupIngress" not in resources[g]["Properties"] for g in groups)
+    ingress = resources["ServiceAccessFromPrimary"]["Properties"]
+    assert (ingress["FromPort"], ingress["ToPort"], ingress["SourceSecurityGroupId"]) == (
+        9443, 9443, {"Ref": "ClusterPrimarySecurityGroup"})
+    (assertion,) = template["Rules"]["PrivateSubnetNeedsItsVpc"]["Assertions"]
+    assert assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "VpcId"}, ""]}]}
 
 
-def test_cluster_bootstraps_with_the_staged_script(resources):
-    (action,) = resources["Cluster"]["Properties"]["BootstrapActions"]
-    script = action["ScriptBootstrapAction"]
-    assert text(script["Path"]) == f"s3://${{BucketName}}/{stage.BOOTSTRAP_KEY}"
-    assert [text(a) for a in script["Args"]] == [f"s3://${{BucketName}}/{stage.CODE_PREFIX}"]
+def test_failed_verger_runs_invoke_the_trigger(resources):
+    step = resources["FailedStepRule"]["Properties"]
+    assert step["EventPattern"]["detail-type"] == ["EMR Step Status Change"]
+    assert step["EventPattern"]["detail"] == {"state": ["FAILED", "CANCELLED", "INTERRUPTED"], "name": [{"prefix": "verger-"}]}
+    runs = resources["FailedJobRunRule"]["Properties"]
+    assert runs["EventPattern"]["detail"] == {"state": ["FAILED", "CANCELLED"], "applicationId": [{"Ref": "ServerlessApplication"}]}
+    for rule in ("FailedStepRule", "FailedJobRunRule"):
+        (target,) = resources[rule]["Properties"]["Targets"]
+        assert target["Arn"] == {"Fn::GetAtt": ["TriggerFunction", "Arn"]}
+        permission = resources[f"{rule}Permission"]["Properties"]
+        assert (permission["Principal"], permission["SourceArn"]) == ("events.amazonaws.com", {"Fn::GetAtt": [rule, "Arn"]})
 
 
-def test_spark_runs_the_job_in_the_venv_the_bootstrap_builds(resources):
-    # GIVEN the venv path the bootstrap script defaults to
-    script = (REPO / "bootstrap" / "emr_bootstrap.sh").read_text()
-    venv = re.search(r'VENV="\$\{VERGER_VENV:-([^}]+)\}"', script).group(1)
-    configurations = {c["Classification"]: c for c in resources["Cluster"]["Properties"]["Configurations"]}
-    (export,) = configurations["spark-env"]["Configurations"]
-    defaults = configurations["spark-defaults"]["ConfigurationProperties"]
-    # THEN driver and executors use that venv's python3.11, in spark-env and for cluster deploy mode
-    for value in (export["ConfigurationProperties"]["PYSPARK_PYTHON"], export["ConfigurationProperties"]["PYSPARK_DRIVER_PYTHON"],
-                  defaults["spark.pyspark.python"], defaults["spark.pyspark.driver.python"]):
-        assert value == f"{venv}/bin/python3.11"
+def test_alarms_on_dead_letters_trigger_errors_and_exhausted_batches_tell_the_topic(resources):
+    alarms = {n: r["Properties"] for n, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    assert {(a["Namespace"], a["MetricName"]) for a in alarms.values()} == {
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"), ("AWS/Lambda", "Errors"), ("Verger", "BatchesExhausted")}
+    for alarm in alarms.values():
+        assert alarm["AlarmActions"] == [{"Ref": "AlertTopic"}]
+        assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+    assert resources["AlertEmailSubscription"]["Condition"] == "HasAlertEmail"
 
 
-def test_pyiceberg_finds_the_glue_catalog_named_in_the_contract(resources):
-    configurations = {c["Classification"]: c for c in resources["Cluster"]["Properties"]["Configurations"]}
-    (export,) = configurations["spark-env"]["Configurations"]
-    key = f"PYICEBERG_CATALOG__{layout.CATALOG_NAME.upper()}__TYPE"
-    assert export["ConfigurationProperties"][key] == "glue"
-    assert configurations["spark-defaults"]["ConfigurationProperties"][f"spark.yarn.appMasterEnv.{key}"] == "glue"
+def test_the_dashboard_is_valid_json_once_substituted(resources):
+    body, names = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    rendered = re.sub(r"\$\{[^}]+\}", "x", body)
+    titles = {w["properties"]["title"] for w in json.loads(rendered)["widgets"]}
+    assert titles == {"Uploads", "Batches", "Images per batch", "Failures", "Queue age and dead letters"}
+    assert set(names) == {"Function", "Queue", "DeadLetters"}
 
 
 # ---------------------------------------------------------------- EMR Serverless
@@ -488,8 +537,8 @@ def test_every_output_is_described(template):
 
 
 def test_stored_resources_carry_the_project_tag(resources):
-    for name in ("Bucket", "UploadQueue", "UploadDeadLetterQueue", "Cluster", "TriggerRole", "ServerlessApplication",
-                 "ImageRepository"):
+    for name in ("Bucket", "UploadQueue", "UploadDeadLetterQueue", "ClusterDiskKey", "AlertTopic", "TriggerRole",
+                 "ServerlessApplication", "ImageRepository"):
         tags = resources[name]["Properties"]["Tags"]
         pairs = tags.items() if isinstance(tags, dict) else ((t["Key"], t["Value"]) for t in tags)
         assert ("project", "verger") in set(pairs), name

@@ -1,0 +1,215 @@
+"""The stack's cluster: one definition, found by exact name, created once under an S3 lease."""
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+
+from bootstrap import stage
+from contract.layout import step_arguments
+from functions.cluster import (
+    LIVE_CLUSTER_STATES,
+    ClusterError,
+    ClusterProvider,
+    ClusterSpec,
+    find_live_cluster,
+    run_job_flow_request,
+)
+from functions.launchers import EmrStepLauncher, launcher_for
+from functions.settings import SettingsError, load_settings
+
+BUCKET = "verger-photos-example"
+ARGS = step_arguments(f"s3://{BUCKET}/manifests/incr-1.json", f"s3://{BUCKET}/warehouse", "s3://b/w.h5", 0.95)
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def spec(own_cluster_env) -> ClusterSpec:
+    return ClusterSpec.from_environ(own_cluster_env)
+
+
+def test_the_request_is_built_from_what_the_template_passes(spec, own_cluster_env):
+    # GIVEN the default deployment's environment (template parameter defaults)
+    # WHEN the RunJobFlow request is built
+    request = run_job_flow_request(spec)
+
+    # THEN it carries the template's choices and the hardening of issue 15
+    assert request["Name"] == own_cluster_env["VERGER_CLUSTER_NAME"] == "verger-verger"
+    assert request["ReleaseLabel"] == own_cluster_env["VERGER_CLUSTER_RELEASE"]
+    assert request["SecurityConfiguration"] == own_cluster_env["VERGER_CLUSTER_SECURITY_CONFIGURATION"]
+    assert (request["ServiceRole"], request["JobFlowRole"]) == ("verger-EmrServiceRole", "verger-EmrInstanceProfile")
+    assert request["VisibleToAllUsers"] is False
+    assert request["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
+    groups = {group["InstanceRole"]: group for group in request["Instances"]["InstanceGroups"]}
+    assert (groups["MASTER"]["InstanceCount"], groups["MASTER"]["Market"]) == (1, "ON_DEMAND")
+    assert (groups["CORE"]["InstanceCount"], groups["CORE"]["InstanceType"]) == (2, "m5.xlarge")
+    # the default VPC: no subnet, EMR's default security groups
+    assert not {"Ec2SubnetId", "EmrManagedMasterSecurityGroup", "ServiceAccessSecurityGroup"} & set(request["Instances"])
+    assert {"Key": "verger-stack", "Value": "verger"} in request["Tags"]
+
+
+def test_a_private_subnet_brings_its_three_security_groups(own_cluster_env):
+    # GIVEN a deployment into a private subnet (the template passes the groups it created)
+    environ = {**own_cluster_env, "VERGER_CLUSTER_SUBNET": "subnet-1", "VERGER_CLUSTER_MASTER_SG": "sg-m",
+               "VERGER_CLUSTER_WORKER_SG": "sg-w", "VERGER_CLUSTER_SERVICE_ACCESS_SG": "sg-s"}
+    # WHEN the request is built  THEN the cluster goes into the subnet with exactly those groups
+    instances = run_job_flow_request(ClusterSpec.from_environ(environ))["Instances"]
+    assert (instances["Ec2SubnetId"], instances["EmrManagedMasterSecurityGroup"],
+            instances["EmrManagedSlaveSecurityGroup"], instances["ServiceAccessSecurityGroup"]) == (
+        "subnet-1", "sg-m", "sg-w", "sg-s")
+
+
+def test_the_bootstrap_and_the_spark_python_are_those_staging_and_the_bootstrap_script_provide(spec):
+    request = run_job_flow_request(spec)
+    (action,) = request["BootstrapActions"]
+    assert action["ScriptBootstrapAction"] == {"Path": f"s3://{BUCKET}/{stage.BOOTSTRAP_KEY}",
+                                               "Args": [f"s3://{BUCKET}/{stage.CODE_PREFIX}"]}
+    venv = re.search(r'VENV="\$\{VERGER_VENV:-([^}]+)\}"', (REPO / "bootstrap" / "emr_bootstrap.sh").read_text()).group(1)
+    configurations = {c["Classification"]: c for c in request["Configurations"]}
+    (export,) = configurations["spark-env"]["Configurations"]
+    defaults = configurations["spark-defaults"]["Properties"]
+    for value in (export["Properties"]["PYSPARK_PYTHON"], defaults["spark.pyspark.driver.python"]):
+        assert value == f"{venv}/bin/python3.11"
+    assert export["Properties"]["PYICEBERG_CATALOG__VERGER__TYPE"] == "glue"
+    assert defaults["spark.yarn.appMasterEnv.PYICEBERG_CATALOG__VERGER__TYPE"] == "glue"
+
+
+def test_emr_accepts_the_request_and_reports_the_definition_back(spec):
+    # GIVEN the stack's security configuration (moto checks the request against EMR's API model)
+    emr = boto3.client("emr")
+    emr.create_security_configuration(Name=spec.security_configuration, SecurityConfiguration="{}")
+    # WHEN the cluster is created from the definition
+    cluster_id = emr.run_job_flow(**run_job_flow_request(spec))["JobFlowId"]
+    # THEN EMR describes it with the same name, release, security configuration and tags
+    cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    assert (cluster["Name"], cluster["ReleaseLabel"], cluster["SecurityConfiguration"]) == (
+        spec.name, spec.release_label, spec.security_configuration)
+    assert cluster["VisibleToAllUsers"] is False
+    assert {"Key": "verger-stack", "Value": spec.stack} in cluster["Tags"]
+
+
+def test_a_missing_cluster_variable_is_named(own_cluster_env):
+    environ = {**own_cluster_env, "VERGER_CLUSTER_SECURITY_CONFIGURATION": ""}
+    with pytest.raises(SettingsError, match="VERGER_CLUSTER_SECURITY_CONFIGURATION is required"):
+        ClusterSpec.from_environ(environ)
+
+
+def test_the_live_cluster_is_found_by_exact_name_over_every_page(aws):
+    # GIVEN a cluster with a longer name on page 1 and the stack's cluster on page 2
+    emr = boto3.client("emr")
+    stubber = Stubber(emr)
+    states = list(LIVE_CLUSTER_STATES)
+    stubber.add_response("list_clusters", {"Clusters": [{"Id": "j-OTHER", "Name": "verger-verger-old"}], "Marker": "m"},
+                         {"ClusterStates": states})
+    stubber.add_response("list_clusters", {"Clusters": [{"Id": "j-OURS", "Name": "verger-verger"}]},
+                         {"ClusterStates": states, "Marker": "m"})
+    # WHEN / THEN the exact name wins, after both pages
+    with stubber:
+        assert find_live_cluster(emr, "verger-verger") == "j-OURS"
+
+
+def test_two_live_clusters_with_the_name_are_refused_by_name(aws):
+    emr = boto3.client("emr")
+    stubber = Stubber(emr)
+    stubber.add_response("list_clusters", {"Clusters": [{"Id": "j-A", "Name": "v"}, {"Id": "j-B", "Name": "v"}]})
+    with stubber, pytest.raises(ClusterError, match="2 live EMR clusters are named 'v'"):
+        find_live_cluster(emr, "v")
+
+
+def test_two_invocations_at_once_create_one_cluster(spec, bucket):
+    # GIVEN no cluster, and eight invocations that look for one at the same moment
+    emr, s3 = boto3.client("emr"), boto3.client("s3")
+    start = threading.Barrier(8)
+    found: list[str] = []
+    errors: list[BaseException] = []
+
+    def invoke() -> None:
+        provider = ClusterProvider(emr, s3, spec, sleep=lambda _: None, wait_s=30)
+        start.wait()
+        try:
+            found.append(provider.current())
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=invoke) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # THEN exactly one cluster exists and every invocation uses it
+    clusters = emr.list_clusters(ClusterStates=list(LIVE_CLUSTER_STATES))["Clusters"]
+    assert not errors
+    assert len(clusters) == 1
+    assert set(found) == {clusters[0]["Id"]}
+
+
+def test_a_cluster_that_ended_is_replaced_by_the_next_batch(spec, bucket):
+    # GIVEN the stack's cluster, created for a first batch, which then ended itself when idle
+    emr, s3 = boto3.client("emr"), boto3.client("s3")
+    first = ClusterProvider(emr, s3, spec).current()
+    emr.terminate_job_flows(JobFlowIds=[first])
+
+    # WHEN the next batch arrives
+    launch = EmrStepLauncher(emr, ClusterProvider(emr, s3, spec).current, "s3://b/code/step.py").launch("incr-2", ARGS)
+
+    # THEN a new cluster is created and the step is on it
+    second = find_live_cluster(emr, spec.name)
+    assert second not in (None, first)
+    assert [step["Id"] for step in emr.list_steps(ClusterId=second)["Steps"]] == [launch.run_id]
+
+
+def test_a_cluster_ending_between_lookup_and_add_costs_one_fresh_lookup(aws):
+    # GIVEN a cluster source that hands out j-GONE first, then j-NEW; j-GONE refuses steps
+    emr = boto3.client("emr")
+    handed: list[str] = []
+
+    def clusters() -> str:
+        handed.append("j-GONE" if not handed else "j-NEW")
+        return handed[-1]
+
+    stubber = Stubber(emr)
+    for cluster_id in ("j-GONE",):
+        stubber.add_response("list_steps", {"Steps": []}, {"ClusterId": cluster_id, "StepStates": ["PENDING", "RUNNING", "COMPLETED"]})
+    stubber.add_client_error("add_job_flow_steps", "ValidationException",
+                             "A job flow that is shutting down, terminated, or finished may not be modified.")
+    stubber.add_response("list_steps", {"Steps": []}, {"ClusterId": "j-NEW", "StepStates": ["PENDING", "RUNNING", "COMPLETED"]})
+    stubber.add_response("add_job_flow_steps", {"StepIds": ["s-NEW"]})
+
+    # WHEN a batch is launched
+    with stubber:
+        launch = EmrStepLauncher(emr, clusters, "s3://b/code/step.py").launch("incr-1", ARGS)
+
+    # THEN the step went to the fresh cluster after exactly one more lookup
+    assert (launch.submitted, launch.run_id, handed) == (True, "s-NEW", ["j-GONE", "j-NEW"])
+
+
+def test_other_errors_from_add_job_flow_steps_are_not_retried(aws):
+    emr = boto3.client("emr")
+    stubber = Stubber(emr)
+    stubber.add_response("list_steps", {"Steps": []})
+    stubber.add_client_error("add_job_flow_steps", "ThrottlingException", "Rate exceeded")
+    with stubber, pytest.raises(ClientError, match="ThrottlingException"):
+        EmrStepLauncher(emr, lambda: "j-1", "s3://b/code/step.py").launch("incr-1", ARGS)
+
+
+def test_the_default_deployment_processes_the_first_upload_without_any_cluster(own_cluster_env):
+    # GIVEN the default deployment and no cluster at all
+    from functions import clients
+
+    settings = load_settings(own_cluster_env)
+    launcher: Any = launcher_for(settings, clients.client, own_cluster_env)
+
+    # WHEN a batch is launched
+    launch = launcher.launch("incr-1", ARGS)
+
+    # THEN the stack's cluster was created and holds the batch's step
+    cluster_id = find_live_cluster(boto3.client("emr"), own_cluster_env["VERGER_CLUSTER_NAME"])
+    assert cluster_id and launch.submitted
+    assert [s["Name"] for s in boto3.client("emr").list_steps(ClusterId=cluster_id)["Steps"]] == ["verger-incr-1-attempt-1"]

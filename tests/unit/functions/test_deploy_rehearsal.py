@@ -1,0 +1,142 @@
+"""Deploy rehearsal: template.yaml through aws-sam-translator into moto's CloudFormation, then the
+trigger run against what the stack created (its bucket, queue, topic, rule, roles, security
+configuration and the function's own environment), with the faults of issue 11 injected."""
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import boto3
+import pytest
+
+from functions.app import handler
+from functions.cluster import find_live_cluster
+from verger.embedded import complete_notifications, notification_configuration, sqs_event
+from verger.rehearsal import MOTO_CANNOT_CREATE, deploy
+
+BUCKET = "verger-rehearsal"
+STACK = "verger"
+
+
+@pytest.fixture
+def stack(aws, monkeypatch) -> dict[str, Any]:
+    """The stack as moto created it, with the function's environment set as Lambda sets it."""
+    with complete_notifications():
+        deployed = deploy(STACK, BUCKET)
+        s3 = boto3.client("s3")
+        if not s3.get_bucket_notification_configuration(Bucket=BUCKET).get("QueueConfigurations"):
+            # moto's CloudFormation does not apply a bucket's NotificationConfiguration: apply the
+            # translated template's own configuration, as CloudFormation would
+            properties = deployed["template"]["Resources"]["Bucket"]["Properties"]["NotificationConfiguration"]
+            queue_arn = boto3.client("sqs").get_queue_attributes(
+                QueueUrl=deployed["outputs"]["UploadQueueUrl"], AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            rules = [{**rule, "Queue": queue_arn} for rule in properties["QueueConfigurations"]]
+            s3.put_bucket_notification_configuration(
+                Bucket=BUCKET, NotificationConfiguration=notification_configuration({"QueueConfigurations": rules}))
+        # The tests play the event source mapping (moto's would run the function in Docker).
+        lambda_client = boto3.client("lambda")
+        for mapping in lambda_client.list_event_source_mappings(FunctionName=f"{STACK}-trigger")["EventSourceMappings"]:
+            lambda_client.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
+        for name, value in deployed["environment"].items():
+            monkeypatch.setenv(name, value)
+        yield deployed
+
+
+def deliver_uploads(stack: dict[str, Any], lambda_context) -> dict[str, Any]:
+    """What the event source mapping does: the queue's messages, as one SQS event, to the handler."""
+    sqs = boto3.client("sqs")
+    queue = stack["outputs"]["UploadQueueUrl"]
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, AttributeNames=["All"]).get("Messages", [])
+    assert messages, "the stack's bucket did not notify the stack's queue"
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return handler(sqs_event(messages, arn), lambda_context)
+
+
+def alert_inbox(stack: dict[str, Any]):
+    sqs, sns = boto3.client("sqs"), boto3.client("sns")
+    queue = sqs.create_queue(QueueName="inbox")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=stack["outputs"]["AlertTopicArn"], Protocol="sqs", Endpoint=arn)
+    return lambda: [json.loads(m["Body"])["Message"]
+                    for m in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])]
+
+
+def test_the_stack_reaches_create_complete_with_every_resource_moto_can_create(stack):
+    # THEN CloudFormation (moto) completed the stack, and only the listed types were left to unit tests
+    assert stack["status"] == "CREATE_COMPLETE"
+    declared = {r["Type"] for r in stack["template"]["Resources"].values() if "Condition" not in r
+                or r["Condition"] in ("OwnCluster", "UseEmr")}
+    created = set(stack["types"].values())
+    assert declared - created <= set(MOTO_CANNOT_CREATE)
+    assert {"AWS::EMR::SecurityConfiguration", "AWS::SNS::Topic", "AWS::Events::Rule", "AWS::KMS::Key",
+            "AWS::Lambda::EventSourceMapping", "AWS::CloudWatch::Dashboard"} <= created
+
+
+def test_first_upload_creates_the_cluster_with_the_stack_security_configuration(stack, lambda_context):
+    # GIVEN the default deployment and no cluster
+    # WHEN a photo is uploaded to the stack's bucket and the queue delivers its notification
+    boto3.client("s3").put_object(Bucket=BUCKET, Key="raw/Kiwi/1.jpg", Body=b"jpeg")
+    response = deliver_uploads(stack, lambda_context)
+
+    # THEN the stack's cluster exists, built with the stack's roles and security configuration
+    emr = boto3.client("emr")
+    cluster_id = find_live_cluster(emr, stack["outputs"]["ClusterName"])
+    cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    assert response == {"batchItemFailures": []}
+    assert cluster["SecurityConfiguration"] == stack["resources"]["ClusterSecurityConfiguration"]
+    assert cluster["ServiceRole"] == stack["resources"]["EmrServiceRole"]
+    assert cluster["VisibleToAllUsers"] is False
+    # (moto keeps the configuration as Python's repr of the object, so it is read as text)
+    security = emr.describe_security_configuration(Name=cluster["SecurityConfiguration"])["SecurityConfiguration"]
+    assert "'MinimumInstanceMetadataServiceVersion': 2" in security and "'EnableInTransitEncryption': True" in security
+    [step] = emr.list_steps(ClusterId=cluster_id)["Steps"]
+    assert step["Name"].endswith("-attempt-1")
+
+
+def test_the_stack_rule_selects_failed_verger_steps_only(stack, load_event):
+    from moto.events.models import EventPattern
+
+    rule = boto3.client("events").describe_rule(Name=stack["resources"]["FailedStepRule"])
+    pattern = EventPattern.load(rule["EventPattern"])
+    failed = load_event("emr-step-failed.json")
+    completed = copy.deepcopy(failed)
+    completed["detail"]["state"] = "COMPLETED"
+    someone_else = copy.deepcopy(failed)
+    someone_else["detail"]["name"] = "CustomJAR"
+    assert [pattern.matches_event(e) for e in (failed, completed, someone_else)] == [True, False, False]
+
+
+def test_a_step_that_always_fails_runs_three_times_and_tells_the_stack_topic_once(stack, lambda_context, load_event):
+    # GIVEN an uploaded photo, its batch submitted, and a subscriber on the stack's topic
+    inbox = alert_inbox(stack)
+    boto3.client("s3").put_object(Bucket=BUCKET, Key="raw/Kiwi/1.jpg", Body=b"jpeg")
+    deliver_uploads(stack, lambda_context)
+    emr = boto3.client("emr")
+    cluster_id = find_live_cluster(emr, stack["outputs"]["ClusterName"])
+
+    # WHEN every step fails and each failure is delivered twice
+    for _ in range(4):
+        latest = emr.list_steps(ClusterId=cluster_id)["Steps"][0]
+        event = load_event("emr-step-failed.json")
+        event["detail"].update(name=latest["Name"], stepId=latest["Id"], clusterId=cluster_id)
+        for _ in range(2):
+            handler(copy.deepcopy(event), lambda_context)
+
+    # THEN MaxAttempts (3) steps ran and the topic received one message
+    assert len(emr.list_steps(ClusterId=cluster_id)["Steps"]) == 3
+    assert len(inbox()) == 1
+
+
+def test_the_stack_schedule_input_reconciles_and_submits_one_sweep(stack, lambda_context):
+    # GIVEN the Scheduler schedule SAM made, with Scheduler's context attribute filled in as it does
+    (schedule,) = [r for r in stack["template"]["Resources"].values() if r["Type"] == "AWS::Scheduler::Schedule"]
+    payload = schedule["Properties"]["Target"]["Input"].replace("<aws.scheduler.scheduled-time>", "2026-11-23T18:00:00Z")
+
+    # WHEN it is delivered twice
+    results = [handler(json.loads(payload), lambda_context) for _ in range(2)]
+
+    # THEN one sweep batch, with its manifest in the stack's bucket
+    assert results[0]["sweep_batch_id"] == results[1]["sweep_batch_id"]
+    manifest = boto3.client("s3").get_object(Bucket=BUCKET, Key=f"manifests/{results[0]['sweep_batch_id']}.json")
+    assert json.loads(manifest["Body"].read())["mode"] == "sweep"
