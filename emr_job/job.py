@@ -26,7 +26,7 @@ from emr_job.readers import latest_etags
 from emr_job.settings import JobSettings
 from emr_job.suggest import suggest_for_batch
 
-ITEM_SCHEMA = "image_key string, etag string, label string"
+ITEM_SCHEMA = "image_key string, etag string, label string, size long"
 ROWS_PER_PARTITION = 256
 TRANSIENT_REASONS = (Reason.FETCH_FAILED,)
 
@@ -105,6 +105,8 @@ def extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at) ->
             "image_key": [item.key for item in todo],
             "etag": [item.etag for item in todo],
             "label": [layout.label_of(item.key) for item in todo],
+            # the manifest's sizes let the executors refuse an oversized photo before the GET
+            "size": pd.array([item.size for item in todo], dtype="Int64"),
         }
     )
     partitions = max(1, min(-(-len(todo) // ROWS_PER_PARTITION), spark.sparkContext.defaultParallelism * 8))

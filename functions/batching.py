@@ -11,9 +11,13 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from contract.layout import PHOTO_PREFIXES, is_image_key, manifest_key
+from aws_lambda_powertools import Logger
+
+from contract.layout import PHOTO_PREFIXES, is_image_key, key_problem, manifest_key
 from contract.manifest import Manifest, ManifestItem, build_manifest
-from functions.events import ImageUpload
+from functions.events import DropReason, ImageUpload
+
+logger = Logger(child=True)
 
 
 def latest_per_key(uploads: Iterable[ImageUpload]) -> list[ImageUpload]:
@@ -83,7 +87,10 @@ def list_photos(s3: Any, bucket: str) -> Iterator[ManifestItem]:
     for prefix in PHOTO_PREFIXES:
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for entry in page.get("Contents", []):
-                if is_image_key(entry["Key"]):
+                if is_image_key(entry["Key"]) and key_problem(entry["Key"]):
+                    logger.warning("skipped listed photo", extra={"key": entry["Key"],
+                                                                   "reason": DropReason.UNSAFE_KEY.value})
+                elif is_image_key(entry["Key"]):
                     yield ManifestItem(key=entry["Key"], etag=entry["ETag"].strip('"'), size=entry["Size"])
 
 

@@ -118,3 +118,12 @@ def test_a_full_manifest_pages_through_every_photo_under_raw_and_inbox(bucket):
     assert {item.key for item in manifest.items} == {f"raw/Kiwi/{i:04d}.jpg" for i in range(1003)} | {"inbox/1.jpg"}
     assert all('"' not in item.etag for item in manifest.items)
     assert json.loads(manifest.to_json())["items"][0]["size"] == 1
+
+
+def test_a_full_manifest_leaves_out_photos_with_unsafe_keys(bucket):
+    # GIVEN a photo and one whose key holds a '..' segment (S3 stores such keys literally)
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=BUCKET, Key="inbox/1.jpg", Body=b"x")
+    s3.put_object(Bucket=BUCKET, Key="inbox/../../tmp/x.jpg", Body=b"x")
+    # WHEN the full manifest is built  THEN only the safe key is in it
+    assert [item.key for item in full_manifest(s3, BUCKET).items] == ["inbox/1.jpg"]
