@@ -1,7 +1,8 @@
 """Memory per image: what a fresh Python worker's resident memory peaks at while it decodes.
 
-Each measurement runs in its own process (peak RSS is per process), with the code paths warmed up
-on a tiny image first, so the growth measured is the decode's own.
+Each measurement runs in its own process, with the code paths warmed up on a tiny image first;
+the peak is the kernel's high-water mark (VmHWM), reset just before the work (`ru_maxrss` would
+carry the parent's peak across fork and exec), so the growth measured is the decode's own.
 """
 from __future__ import annotations
 
@@ -21,22 +22,23 @@ REPO = Path(__file__).resolve().parents[3]
 ROTATED = 6  # EXIF orientation "rotate 90°": the worst case, transposing adds a copy
 
 MEASURE = """
-import json, resource, sys
+import json, sys
 sys.path.insert(0, {repo!r})
 import numpy as np, pandas as pd
 from emr_job.extract import extract_frame
 
-def rss():
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
+def status(field):
+    with open("/proc/self/status") as lines:
+        return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(field + ":"))
 
 fake = lambda batch: np.zeros((len(batch), 1280), np.float32)
 keys = {keys!r}
 extract_frame(pd.DataFrame({{"image_key": [{warm!r}], "etag": ["e"]}}), {source!r}, fake, 8)  # warm-up
-before = rss()
+with open("/proc/self/clear_refs", "w") as clear:
+    clear.write("5")  # resets VmHWM to the current resident size
+before = status("VmRSS")
 out = extract_frame(pd.DataFrame({{"image_key": keys, "etag": ["e"] * len(keys)}}), {source!r}, fake, 8)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({{"growth": peak - before, "reasons": out["reason"].tolist()}}))
+print(json.dumps({{"growth": status("VmHWM") - before, "reasons": out["reason"].tolist()}}))
 """
 
 
