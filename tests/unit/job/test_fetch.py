@@ -60,14 +60,19 @@ def test_a_symlink_out_of_the_source_folder_is_refused(tmp_path):
     assert alias.content == b"kiwi"
 
 
+def one_photo(source: str, body: bytes, tmp_path, bucket) -> tuple[str, str]:
+    """A/1.jpg holding `body`, in a local folder or the moto bucket: (source URI, etag)."""
+    (tmp_path / "A").mkdir()
+    (tmp_path / "A" / "1.jpg").write_bytes(body)
+    etag = bucket.put_object(Bucket="verger-test", Key="A/1.jpg", Body=body)["ETag"].strip('"')
+    return (f"file://{tmp_path}" if source == "file" else "s3://verger-test"), etag
+
+
 @pytest.mark.parametrize("source", ["file", "s3"])
 def test_an_object_over_the_size_limit_is_refused_before_the_get_when_the_manifest_says_so(source, tmp_path, bucket, monkeypatch):
     # GIVEN a limit of 10 bytes and a 5-byte photo the manifest says is 11 bytes
     monkeypatch.setattr(fetch, "MAX_OBJECT_BYTES", 10)
-    (tmp_path / "A").mkdir()
-    (tmp_path / "A" / "1.jpg").write_bytes(b"12345")
-    etag = bucket.put_object(Bucket="verger-test", Key="A/1.jpg", Body=b"12345")["ETag"].strip('"')
-    uri = f"file://{tmp_path}" if source == "file" else "s3://verger-test"
+    uri, etag = one_photo(source, b"12345", tmp_path, bucket)
     # WHEN fetched with the manifest's sizes  THEN the declared size alone refuses it
     (item,) = fetch.fetch_all(uri, ["A/1.jpg"], [etag], [11])
     assert item.content.reason == "too_large" and "11 bytes" in item.content.detail
@@ -80,10 +85,7 @@ def test_an_object_over_the_size_limit_is_refused_before_the_get_when_the_manife
 def test_an_object_larger_than_its_manifest_says_is_cut_off_at_the_limit(source, tmp_path, bucket, monkeypatch):
     # GIVEN a limit of 10 bytes and an 11-byte photo the manifest claims is 1 byte (or gives no size)
     monkeypatch.setattr(fetch, "MAX_OBJECT_BYTES", 10)
-    (tmp_path / "A").mkdir()
-    (tmp_path / "A" / "1.jpg").write_bytes(b"12345678901")
-    etag = bucket.put_object(Bucket="verger-test", Key="A/1.jpg", Body=b"12345678901")["ETag"].strip('"')
-    uri = f"file://{tmp_path}" if source == "file" else "s3://verger-test"
+    uri, etag = one_photo(source, b"12345678901", tmp_path, bucket)
     # WHEN fetched  THEN the bytes read enforce the limit
     for sizes in ([1], None):
         (item,) = fetch.fetch_all(uri, ["A/1.jpg"], [etag], sizes)
