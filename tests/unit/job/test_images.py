@@ -62,6 +62,15 @@ def test_formats_verger_does_not_accept_are_refused_by_name_without_parsing(fmt,
     assert fmt in rejected.detail and "JPEG, PNG" in rejected.detail
 
 
+def test_a_multi_picture_jpeg_as_cameras_write_it_is_accepted():
+    # GIVEN an MPO (a JPEG with a second picture appended, as many cameras write)
+    content = encode(Image.new("RGB", (64, 48), (200, 10, 10)), "MPO", save_all=True,
+                     append_images=[Image.new("RGB", (64, 48))])
+    assert Image.open(io.BytesIO(content)).format == "MPO"
+    # THEN it is decoded like any JPEG
+    assert preprocess(content).shape == (224, 224, 3)
+
+
 def test_sixteen_bit_values_scale_to_eight_bits_as_round_of_x_times_255_over_65535():
     # GIVEN every 16-bit value (and 32-bit values, negative, small and too large)
     every = np.arange(65536, dtype=np.uint16).reshape(256, 256)
