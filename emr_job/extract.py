@@ -36,7 +36,8 @@ def extract_frame(frame: pd.DataFrame, source: str, extractor: Extractor, batch_
     """Features for every row of `frame` (image_key, etag, label, optional size), or the reason
     there are none.
 
-    Photos are fetched one window at a time (`fetch_windows`). Decoding runs in a small thread pool ahead of inference (Pillow and the inference engines
+    Photos are fetched one window at a time (`fetch_windows`), which bounds the bytes a task holds.
+    Decoding runs in a small thread pool ahead of inference (Pillow and the inference engines
     release the GIL), so the two overlap. Timings are split evenly over the rows they cover, so
     summing a column over the batch gives that stage's task-seconds.
 

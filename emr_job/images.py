@@ -25,8 +25,8 @@ ACCEPTED_FORMATS = ("JPEG", "PNG")
 # decodes `extract.DECODE_THREADS` images at once.
 MAX_DECODE_BYTES = 512 * 1024 * 1024
 # Peak bytes per pixel of `preprocess`, by the mode the header announces, EXIF rotation included
-# (PIL keeps RGB, CMYK, LA and RGBA at 4 bytes per pixel; conversions add copies). Measured with
-# `ru_maxrss` on 9 MP images, plus about 1 byte of margin; tests/unit/job/test_image_memory.py
+# (PIL keeps RGB, CMYK, LA and RGBA at 4 bytes per pixel; conversions add copies). Measured as
+# peak resident memory on 9 MP images, plus about 1 byte of margin; tests/unit/job/test_image_memory.py
 # checks that no mode exceeds its figure.
 PEAK_BYTES_PER_PIXEL = {
     "1": 6, "L": 6, "P": 6,
