@@ -106,7 +106,7 @@ def extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at) ->
             "etag": [item.etag for item in todo],
             "label": [layout.label_of(item.key) for item in todo],
             # the manifest's sizes let the executors refuse an oversized photo before the GET
-            "size": pd.array([item.size for item in todo], dtype="Int64"),
+            "size": pd.Series([item.size for item in todo], dtype=object),
         }
     )
     partitions = max(1, min(-(-len(todo) // ROWS_PER_PARTITION), spark.sparkContext.defaultParallelism * 8))
