@@ -2,33 +2,37 @@
 PYTHON ?= python3.11
 VENV := .venv
 SAM_VENV := .venv-sam
+CHECKOV_VENV := .venv-checkov
 SHARED ?= ../shared
 FRUITS ?= $(SHARED)/data/fruits-360
 WEIGHTS ?= $(SHARED)/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
 
 .PHONY: browser setup test unit integration lint locks image pr notebook notebook-strip
 
-setup:  ## venv with the project (both halves + dev tools) and a separate one for the SAM CLI
+setup:  ## venv with the project (both halves + dev tools) and separate ones for the SAM CLI and checkov
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check uv
 	$(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python -e ".[dev]"
 	test -x $(SAM_VENV)/bin/python || $(VENV)/bin/uv venv --quiet --python $(PYTHON) $(SAM_VENV)
 	$(VENV)/bin/uv pip install --quiet --python $(SAM_VENV)/bin/python aws-sam-cli==1.170.0
+	test -x $(CHECKOV_VENV)/bin/python || $(VENV)/bin/uv venv --quiet --python $(PYTHON) $(CHECKOV_VENV)
+	$(VENV)/bin/uv pip install --quiet --python $(CHECKOV_VENV)/bin/python checkov==3.3.30
 
 browser:  ## Debian's Chromium, which the demo report's browser test drives (needs root)
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 test:  ## every test: unit, then integration (real Spark, real images, genuine weights)
-	VERGER_SAM=$(SAM_VENV)/bin/sam VERGER_FRUITS=$(FRUITS) VERGER_WEIGHTS=$(WEIGHTS) $(VENV)/bin/pytest
+	VERGER_SAM=$(SAM_VENV)/bin/sam VERGER_CHECKOV=$(CHECKOV_VENV)/bin/checkov VERGER_FRUITS=$(FRUITS) VERGER_WEIGHTS=$(WEIGHTS) $(VENV)/bin/pytest
 
 unit:
-	VERGER_SAM=$(SAM_VENV)/bin/sam $(VENV)/bin/pytest tests/unit
+	VERGER_SAM=$(SAM_VENV)/bin/sam VERGER_CHECKOV=$(CHECKOV_VENV)/bin/checkov $(VENV)/bin/pytest tests/unit
 
 integration:
 	VERGER_FRUITS=$(FRUITS) VERGER_WEIGHTS=$(WEIGHTS) $(VENV)/bin/pytest tests/integration
 
-lint:  ## the template, and the dependency locks against pyproject.toml
+lint:  ## the template (SAM's linter, checkov's security checks), and the dependency locks against pyproject.toml
 	AWS_DEFAULT_REGION=eu-west-3 SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam validate --lint
+	$(CHECKOV_VENV)/bin/checkov --file template.yaml --framework cloudformation --skip-download --compact --quiet
 	$(VENV)/bin/python -m bootstrap.locks --check
 
 locks:  ## regenerate bootstrap/requirements-*.txt after editing pyproject.toml

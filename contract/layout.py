@@ -5,6 +5,7 @@ Both halves read these names from here so a renamed prefix or argument cannot dr
 from __future__ import annotations
 
 import posixpath
+import unicodedata
 
 RAW_PREFIX = "raw/"
 INBOX_PREFIX = "inbox/"
@@ -53,6 +54,45 @@ def is_image_key(key: str) -> bool:
     return not key.endswith("/") and key.lower().endswith(IMAGE_SUFFIXES)
 
 
+class UnsafeKey(ValueError):
+    """A key or path part that could reach outside its folder or confuse whoever reads it."""
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` must not be used as a path below a folder or prefix, or None when it is safe.
+
+    Refused: absolute keys, `..` segments (S3 keeps them literally, but a path join climbs out),
+    and control characters (a newline forges log lines; NUL truncates a path).
+
+    Examples
+    --------
+    >>> key_problem("raw/Apple Red 1/r_12_100.jpg") is None, key_problem("raw/Kiwi/..jpg") is None
+    (True, True)
+    >>> key_problem("inbox/../../../tmp/x.jpg"), key_problem("/etc/x.jpg")
+    ("a '..' segment climbs out of its folder", 'an absolute path')
+    >>> key_problem("raw/a" + chr(10) + "b.jpg")
+    'control character U+000A'
+    """
+    if not key:
+        return "an empty key"
+    if key.startswith("/"):
+        return "an absolute path"
+    if ".." in key.split("/"):
+        return "a '..' segment climbs out of its folder"
+    for character in key:
+        if unicodedata.category(character) == "Cc":
+            return f"control character U+{ord(character):04X}"
+    return None
+
+
+def check_key(key: str) -> str:
+    """`key` unchanged, or UnsafeKey naming the key and its problem."""
+    problem = key_problem(key)
+    if problem:
+        raise UnsafeKey(f"unsafe key {key!r}: {problem}")
+    return key
+
+
 def label_of(key: str) -> str | None:
     """The label is the parent folder; photos in the inbox, at the root or directly under raw/ have none.
 
@@ -74,14 +114,19 @@ def manifest_key(batch_id: str) -> str:
 
 
 def warehouse_path(warehouse: str, *parts: str) -> str:
-    """Join below a warehouse URI or directory without mangling `s3://`.
+    """Join below a warehouse URI or directory without mangling `s3://`; a part that would climb out
+    (a photo key, a batch id) raises UnsafeKey, so every file the job writes stays below it.
 
     Examples
     --------
     >>> warehouse_path("s3://b/warehouse/", "reports", "x.json")
     's3://b/warehouse/reports/x.json'
+    >>> warehouse_path("/wh", "suggestions", "inbox/../../../tmp/x.jpg.json")
+    Traceback (most recent call last):
+    ...
+    contract.layout.UnsafeKey: unsafe key 'inbox/../../../tmp/x.jpg.json': a '..' segment climbs out of its folder
     """
-    return "/".join([warehouse.rstrip("/"), *(part.strip("/") for part in parts)])
+    return "/".join([warehouse.rstrip("/"), *(check_key(part.strip("/")) for part in parts)])
 
 
 class StepArgs:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -19,6 +20,9 @@ MODES = ("incremental", "full", "sweep")
 # nonce (the request's time or id) keeps two requests apart.
 LISTING_MODES = ("full", "sweep")
 SOURCE_SCHEMES = ("s3", "file")
+# The batch id names files and folders (manifests/<id>.json, batch_id=<id>/, reports/<id>.json):
+# one plain path segment, whoever wrote the manifest.
+BATCH_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class ManifestError(ValueError):
@@ -176,6 +180,10 @@ def validate(manifest: Manifest) -> None:
         raise ManifestError(
             f"a {manifest.mode!r} manifest carries no items: the job lists the source itself "
             f"(got {len(manifest.items)})"
+        )
+    if not BATCH_ID_PATTERN.fullmatch(manifest.batch_id):
+        raise ManifestError(
+            f"manifest batch_id {manifest.batch_id!r} is not one plain name (letters, digits, '.', '_', '-')"
         )
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from contract.layout import FEATURE_DIM, INPUT_SIZE
-from emr_job.fetch import fetch_all
-from emr_job.images import Rejected, preprocess
+from emr_job.fetch import CONCURRENT_GETS, MAX_OBJECT_BYTES, fetch_all
+from emr_job.images import MAX_DECODE_BYTES, Rejected, preprocess
 
 Extractor = Callable[[np.ndarray], np.ndarray]
 
@@ -24,11 +24,19 @@ OUTPUT_SCHEMA = (
     "fetch_s double, decode_s double, infer_s double"
 )
 DECODE_THREADS = 2
+# Photos are fetched a window at a time, so a task holds at most this many fetched bytes (plus one
+# photo at the limit); with DECODE_THREADS decodes of at most MAX_DECODE_BYTES each, a Python
+# worker's memory for images is bounded by FETCH_WINDOW_BYTES + DECODE_THREADS * MAX_DECODE_BYTES.
+FETCH_WINDOW_ROWS = 2 * CONCURRENT_GETS
+FETCH_WINDOW_BYTES = 256 * 1024 * 1024
+WORKER_IMAGE_BUDGET = FETCH_WINDOW_BYTES + DECODE_THREADS * MAX_DECODE_BYTES
 
 
 def extract_frame(frame: pd.DataFrame, source: str, extractor: Extractor, batch_size: int) -> pd.DataFrame:
-    """Features for every row of `frame` (image_key, etag, label), or the reason there are none.
+    """Features for every row of `frame` (image_key, etag, label, optional size), or the reason
+    there are none.
 
+    Photos are fetched one window at a time (`fetch_windows`), which bounds the bytes a task holds.
     Decoding runs in a small thread pool ahead of inference (Pillow and the inference engines
     release the GIL), so the two overlap. Timings are split evenly over the rows they cover, so
     summing a column over the batch gives that stage's task-seconds.
@@ -41,19 +49,17 @@ def extract_frame(frame: pd.DataFrame, source: str, extractor: Extractor, batch_
     ('missing', True)
     """
     rows = len(frame)
-    started = time.perf_counter()
-    fetched = list(fetch_all(source, frame["image_key"], frame["etag"]))
-    fetch_s = (time.perf_counter() - started) / max(rows, 1)
-
+    keys, etags = frame["image_key"].tolist(), frame["etag"].tolist()
+    sizes = [None if pd.isna(size) else int(size) for size in frame["size"]] if "size" in frame else [None] * rows
+    fetch_s = np.zeros(rows)
     features: list[np.ndarray | None] = [None] * rows
     reasons: list[str | None] = [None] * rows
     details: list[str | None] = [None] * rows
     decode_s = np.zeros(rows)
     infer_s = np.zeros(rows)
 
-    def decode(index: int) -> tuple[int, np.ndarray | Rejected]:
+    def decode(index: int, content: bytes | Rejected) -> tuple[int, np.ndarray | Rejected]:
         began = time.perf_counter()
-        content = fetched[index].content
         result = content if isinstance(content, Rejected) else preprocess(content)
         decode_s[index] = time.perf_counter() - began
         return index, result
@@ -71,13 +77,18 @@ def extract_frame(frame: pd.DataFrame, source: str, extractor: Extractor, batch_
         pending.clear()
 
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        for index, result in pool.map(decode, range(rows)):
-            if isinstance(result, Rejected):
-                reasons[index], details[index] = result.reason, result.detail
-                continue
-            pending.append((index, result))
-            if len(pending) == batch_size:
-                infer()
+        for window in fetch_windows(sizes):
+            began = time.perf_counter()
+            fetched = [item.content for item in fetch_all(source, keys[window], etags[window], sizes[window])]
+            fetch_s[window] = (time.perf_counter() - began) / len(fetched)
+            for index, result in pool.map(decode, range(window.start, window.stop), fetched):
+                if isinstance(result, Rejected):
+                    reasons[index], details[index] = result.reason, result.detail
+                    continue
+                pending.append((index, result))
+                if len(pending) == batch_size:
+                    infer()
+            del fetched
         if pending:
             infer()
 
@@ -89,11 +100,32 @@ def extract_frame(frame: pd.DataFrame, source: str, extractor: Extractor, batch_
             "features": features,
             "reason": reasons,
             "detail": details,
-            "fetch_s": np.full(rows, fetch_s),
+            "fetch_s": fetch_s,
             "decode_s": decode_s,
             "infer_s": infer_s,
         }
     )
+
+
+def fetch_windows(sizes: list[int | None], max_rows: int = FETCH_WINDOW_ROWS,
+                  max_bytes: int = FETCH_WINDOW_BYTES) -> Iterator[slice]:
+    """Consecutive row slices of at most `max_rows` rows and `max_bytes` declared bytes (an unknown
+    size counts as the largest photo accepted; one over the limit as nothing, it is never read).
+
+    Examples
+    --------
+    >>> [(w.start, w.stop) for w in fetch_windows([40, 40, 40, 10**12, None], max_rows=3, max_bytes=100)]
+    [(0, 2), (2, 4), (4, 5)]
+    """
+    start, total = 0, 0
+    for index, size in enumerate(sizes):
+        cost = MAX_OBJECT_BYTES if size is None else size if size <= MAX_OBJECT_BYTES else 0
+        if index > start and (index - start == max_rows or total + cost > max_bytes):
+            yield slice(start, index)
+            start, total = index, 0
+        total += cost
+    if start < len(sizes):
+        yield slice(start, len(sizes))
 
 
 def check_output(vectors: np.ndarray, expected_rows: int) -> np.ndarray:

@@ -12,9 +12,13 @@ from functools import lru_cache
 from typing import Iterable, Iterator
 from urllib.parse import unquote, urlparse
 
+from contract.layout import key_problem
 from emr_job.images import Reason, Rejected
 
 CONCURRENT_GETS = 16
+# The largest photo fetched: a 50 MP JPEG is about 25 MB; anything bigger is refused before the GET
+# when the manifest gives its size, and after reading one byte past the limit otherwise.
+MAX_OBJECT_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -23,19 +27,49 @@ class Fetched:
     content: bytes | Rejected
 
 
-def fetch_all(source: str, keys: Iterable[str], etags: Iterable[str]) -> Iterator[Fetched]:
-    """Yield each key's bytes (or why they could not be read) in the order given."""
+def fetch_all(source: str, keys: Iterable[str], etags: Iterable[str],
+              sizes: Iterable[int | None] | None = None) -> Iterator[Fetched]:
+    """Yield each key's bytes (or why they could not be read) in the order given.
+
+    `sizes` are the manifest's object sizes (None where unknown): an object larger than
+    MAX_OBJECT_BYTES is refused without being read.
+    """
     parsed = urlparse(source)
-    if parsed.scheme == "s3":
-        client = s3_client()
-        with ThreadPoolExecutor(CONCURRENT_GETS) as pool:
-            yield from pool.map(lambda ke: get_object(client, parsed.netloc, *ke), zip(keys, etags))
-    elif parsed.scheme == "file":
-        root = unquote(parsed.path)
-        for key in keys:
-            yield read_local(root, key)
-    else:
+    if parsed.scheme not in ("s3", "file"):
         raise ValueError(f"cannot fetch from {source!r}: expected s3:// or file://")
+
+    def fetch(key: str, etag: str, size: int | None) -> Fetched:
+        refused = refusal(key, size)
+        if refused:
+            return Fetched(key, refused)
+        if parsed.scheme == "s3":
+            return get_object(s3_client(), parsed.netloc, key, etag)
+        return read_local(unquote(parsed.path), key)
+
+    keys = list(keys)
+    sizes = [None] * len(keys) if sizes is None else sizes
+    with ThreadPoolExecutor(CONCURRENT_GETS if parsed.scheme == "s3" else 1) as pool:
+        yield from pool.map(fetch, keys, etags, sizes)
+
+
+def refusal(key: str, size: int | None) -> Rejected | None:
+    """Why `key` is not fetched at all: an unsafe key, or a size over the limit."""
+    problem = key_problem(key)
+    if problem:
+        return Rejected(Reason.UNSAFE_KEY, f"key {key!r} refused: {problem}")
+    if size is not None and size > MAX_OBJECT_BYTES:
+        return too_large(f"{size:,} bytes")
+    return None
+
+
+def too_large(size: str) -> Rejected:
+    return Rejected(Reason.TOO_LARGE, f"{size} exceeds the limit of {MAX_OBJECT_BYTES:,} bytes per photo")
+
+
+def read_capped(stream) -> bytes | Rejected:
+    """At most MAX_OBJECT_BYTES from `stream` (whatever the manifest said): one byte more is too large."""
+    content = stream.read(MAX_OBJECT_BYTES + 1)
+    return too_large("the object read") if len(content) > MAX_OBJECT_BYTES else content
 
 
 @lru_cache(maxsize=1)
@@ -57,7 +91,8 @@ def get_object(client, bucket: str, key: str, etag: str) -> Fetched:
 
     try:
         response = client.get_object(Bucket=bucket, Key=key, IfMatch=f'"{etag.strip(chr(34))}"')
-        return Fetched(key, response["Body"].read())
+        with response["Body"] as body:
+            return Fetched(key, read_capped(body))
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -76,12 +111,13 @@ def get_object(client, bucket: str, key: str, etag: str) -> Fetched:
 
 
 def read_local(root: str, key: str) -> Fetched:
-    path = os.path.normpath(os.path.join(root, key))
-    if not path.startswith(os.path.join(os.path.normpath(root), "")):
-        return Fetched(key, Rejected(Reason.FORBIDDEN, f"key {key!r} points outside the source folder {root}"))
+    """The file's bytes, once its real path (symbolic links resolved) is known to lie in `root`."""
+    path = os.path.realpath(os.path.join(root, key))
+    if not path.startswith(os.path.join(os.path.realpath(root), "")):
+        return Fetched(key, Rejected(Reason.OUTSIDE_SOURCE, f"{key!r} resolves to {path}, outside the source folder {root}"))
     try:
         with open(path, "rb") as handle:
-            return Fetched(key, handle.read())
+            return Fetched(key, read_capped(handle))
     except FileNotFoundError:
         return Fetched(key, Rejected(Reason.MISSING, f"{path} does not exist"))
     except PermissionError:

@@ -23,9 +23,16 @@ def manifest_for_folder(images_dir: str, mode: str = "incremental", limit: int |
     if mode in LISTING_MODES:  # the job lists the folder itself
         return build_manifest(mode, f"file://{root}", [], nonce=datetime.now(timezone.utc).isoformat())
     keys = sample(list_image_keys(root), limit)
-    items = [ManifestItem(key=key, etag=file_md5(os.path.join(root, key)), size=os.path.getsize(os.path.join(root, key)))
-             for key in keys]
-    return build_manifest(mode, f"file://{root}", items)
+    return build_manifest(mode, f"file://{root}", [folder_item(root, key) for key in keys])
+
+
+def folder_item(root: str, key: str) -> ManifestItem:
+    """The item for one file; a symbolic link leading outside the folder is never read: its etag
+    names where it leads, and the job quarantines it (`outside_source`)."""
+    real = os.path.realpath(os.path.join(root, key))
+    if not real.startswith(os.path.join(os.path.realpath(root), "")):
+        return ManifestItem(key=key, etag=hashlib.md5(f"outside:{real}".encode(), usedforsecurity=False).hexdigest())
+    return ManifestItem(key=key, etag=file_md5(real), size=os.path.getsize(real))
 
 
 def list_image_keys(root: str) -> list[str]:

@@ -28,7 +28,7 @@ from emr_job.readers import current_features, current_versions, table_rows
 from emr_job.settings import JobSettings
 from emr_job.suggest import suggest_for_batch
 
-ITEM_SCHEMA = "image_key string, etag string, label string"
+ITEM_SCHEMA = "image_key string, etag string, label string, size long"
 ROWS_PER_PARTITION = 256
 TRANSIENT_REASONS = (Reason.FETCH_FAILED,)
 DERIVED_TABLES = (layout.PROJECTIONS_TABLE, layout.QUARANTINE_TABLE, layout.SUGGESTIONS_TABLE)
@@ -109,7 +109,7 @@ def plan_batch(spark: SparkSession, catalog, manifest: Manifest, ingested_at: st
     else:
         added = [item for item in manifest.items if not item.removed]
         candidates = spark.createDataFrame(
-            [(item.key, item.etag, layout.label_of(item.key)) for item in added], ITEM_SCHEMA
+            [(item.key, item.etag, layout.label_of(item.key), item.size) for item in added], ITEM_SCHEMA
         )
         keys = sorted({item.key for item in added})
     stored = current_versions(spark, catalog, keys).select("image_key", F.col("etag").alias("stored_etag"))
@@ -179,7 +179,8 @@ def extract_and_commit(spark, catalog, manifest, batch: Batch, settings, ingeste
         return load_extractor(SparkFiles.get(weights_name), engine, threads)
 
     extracted = (
-        batch.todo.select("image_key", "etag", "label")
+        # the sizes let the executors refuse an oversized photo before the GET
+        batch.todo.select("image_key", "etag", "label", "size")
         .repartition(partitions)
         .mapInPandas(extract_partitions(manifest.source, loader, batch_size), OUTPUT_SCHEMA)
         .withColumn("batch_id", F.lit(manifest.batch_id))

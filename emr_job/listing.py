@@ -14,9 +14,9 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
 from contract import layout
-from emr_job.folders import file_md5
+from emr_job.folders import file_md5, folder_item
 
-LISTING_SCHEMA = "image_key string, etag string, label string"
+LISTING_SCHEMA = "image_key string, etag string, label string, size long"
 PREFIX_SCHEMA = "prefix string, recursive boolean"
 
 
@@ -31,7 +31,7 @@ def list_source(spark: SparkSession, source: str) -> DataFrame:
         for chunk in frames:
             for prefix, recursive in zip(chunk["prefix"], chunk["recursive"]):
                 rows = list(list_prefix(source, prefix, bool(recursive)))
-                yield pd.DataFrame(rows, columns=["image_key", "etag", "label"])
+                yield pd.DataFrame(rows, columns=["image_key", "etag", "label", "size"])
 
     return spark.createDataFrame(frame, PREFIX_SCHEMA).repartition(partitions).mapInPandas(run, LISTING_SCHEMA)
 
@@ -57,9 +57,10 @@ def list_prefixes(source: str) -> list[tuple[str, bool]]:
     return [("", False)] + [(folder, True) for folder in folders]
 
 
-def list_prefix(source: str, prefix: str, recursive: bool) -> Iterator[tuple[str, str, str | None]]:
-    """(image_key, etag, label) of the photos under one prefix (S3's ETag; a local file's MD5,
-    which is what S3 reports for a single-part upload)."""
+def list_prefix(source: str, prefix: str, recursive: bool) -> Iterator[tuple[str, str, str | None, int | None]]:
+    """(image_key, etag, label, size) of the photos under one prefix (S3's ETag; a local file's
+    MD5, which is what S3 reports for a single-part upload; a link leading outside the folder is
+    never read, and the job quarantines it)."""
     parsed = urlparse(source)
     if parsed.scheme == "s3":
         arguments = {"Bucket": parsed.netloc, "Prefix": prefix}
@@ -68,7 +69,7 @@ def list_prefix(source: str, prefix: str, recursive: bool) -> Iterator[tuple[str
         for page in _s3().get_paginator("list_objects_v2").paginate(**arguments):
             for entry in page.get("Contents", []):
                 if layout.is_image_key(entry["Key"]):
-                    yield entry["Key"], entry["ETag"].strip('"'), layout.label_of(entry["Key"])
+                    yield entry["Key"], entry["ETag"].strip('"'), layout.label_of(entry["Key"]), entry["Size"]
         return
     root = unquote(parsed.path)
     for directory, folders, files in os.walk(os.path.join(root, prefix)):
@@ -77,7 +78,8 @@ def list_prefix(source: str, prefix: str, recursive: bool) -> Iterator[tuple[str
         for name in files:
             key = os.path.relpath(os.path.join(directory, name), root).replace(os.sep, "/")
             if layout.is_image_key(key):
-                yield key, file_md5(os.path.join(directory, name)), layout.label_of(key)
+                item = folder_item(root, key)
+                yield key, item.etag, layout.label_of(key), item.size
 
 
 def current_etags(source: str, keys: list[str]) -> dict[str, str]:

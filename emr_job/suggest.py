@@ -191,7 +191,8 @@ def suggestion_json(row: dict) -> dict:
 
 
 def json_uri(source: str, warehouse: str, image_key: str) -> str:
-    """s3://BUCKET/suggestions/<key>.json for an S3 source, else below the warehouse.
+    """s3://BUCKET/suggestions/<key>.json for an S3 source, else below the warehouse; a key that
+    would climb out of suggestions/ raises UnsafeKey (`layout.warehouse_path` checks it).
 
     Examples
     --------
@@ -200,7 +201,7 @@ def json_uri(source: str, warehouse: str, image_key: str) -> str:
     """
     name = f"{layout.SUGGESTION_PREFIX}{image_key}.json"
     if urlparse(source).scheme == "s3":
-        return f"s3://{urlparse(source).netloc}/{name}"
+        return layout.warehouse_path(f"s3://{urlparse(source).netloc}", name)
     return layout.warehouse_path(store.warehouse_root(warehouse), name)
 
 

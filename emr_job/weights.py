@@ -44,13 +44,22 @@ def download_s3(uri: str) -> str:
     bucket, key = parsed.netloc, parsed.path.lstrip("/")
     try:
         head = blobs.s3().head_object(Bucket=bucket, Key=key)
-        path = os.path.join(default_cache_dir(), "weights", head["ETag"].strip('"'), os.path.basename(key))
-        if not os.path.exists(path):
-            blobs.write_bytes(path, blobs.read_bytes(uri))
     except Exception as error:  # any S3 failure: say which URI and why
         raise WeightsError(f"cannot download weights {uri}: {error}") from error
     expected = head.get("Metadata", {}).get(WEIGHTS_CHECKSUM_METADATA)
-    if expected and weights_sha256(path) != expected:
+    if not expected:
+        raise WeightsError(
+            f"weights {uri} carry no recorded sha256 (object metadata {WEIGHTS_CHECKSUM_METADATA!r}), so a "
+            f"download could not be checked: stage them with `python -m bootstrap.stage --bucket {bucket} "
+            f"--weights PATH`, which uploads the file with its checksum"
+        )
+    path = os.path.join(default_cache_dir(), "weights", head["ETag"].strip('"'), os.path.basename(key))
+    try:
+        if not os.path.exists(path):
+            blobs.write_bytes(path, blobs.read_bytes(uri))
+    except Exception as error:
+        raise WeightsError(f"cannot download weights {uri}: {error}") from error
+    if weights_sha256(path) != expected:
         os.remove(path)
         raise WeightsError(f"weights {uri} do not match the sha256 recorded when they were staged ({expected})")
     return path

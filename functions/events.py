@@ -18,7 +18,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser.models import S3Model, S3RecordModel
 from pydantic import ValidationError
 
-from contract.layout import PHOTO_PREFIXES, is_image_key
+from contract.layout import PHOTO_PREFIXES, is_image_key, key_problem
 
 FULL_RECOMPUTE_ACTION = "full-recompute"
 RECONCILE_ACTION = "reconcile"
@@ -71,6 +71,7 @@ class DropReason(str, Enum):
     OUTSIDE_PREFIX = "outside-prefix"
     FOLDER_MARKER = "folder-marker"
     NOT_AN_IMAGE = "not-an-image"
+    UNSAFE_KEY = "unsafe-key"
 
 
 @dataclass(frozen=True)
@@ -166,9 +167,9 @@ def parse_s3_notification(notification: Any, bucket: str) -> ParsedNotification:
     for record in records:
         outcome = classify_record(record, bucket)
         if isinstance(outcome, Dropped):
-            logger.info(
-                "dropped S3 notification", extra={"key": outcome.key, "reason": outcome.reason.value}
-            )
+            # An unsafe key is someone's photo Verger will not store: worth a warning, not just info.
+            log = logger.warning if outcome.reason is DropReason.UNSAFE_KEY else logger.info
+            log("dropped S3 notification", extra={"key": outcome.key, "reason": outcome.reason.value})
             dropped.append(outcome)
         else:
             uploads.append(outcome)
@@ -184,6 +185,8 @@ def classify_record(record: S3RecordModel, bucket: str) -> ImageUpload | Dropped
         return Dropped(key, DropReason.NOT_OBJECT_CREATED)
     if record.s3.bucket.name != bucket:
         return Dropped(key, DropReason.OTHER_BUCKET)
+    if key_problem(key):
+        return Dropped(key, DropReason.UNSAFE_KEY)
     if not key.startswith(PHOTO_PREFIXES):
         return Dropped(key, DropReason.OUTSIDE_PREFIX)
     if key.endswith("/"):

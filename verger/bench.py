@@ -98,11 +98,15 @@ def is_daemon(process: psutil.Process) -> bool:
 
 
 def link_images(images_dir: str, keys: list[str], into: Path) -> None:
-    """A folder of symbolic links, so both jobs read exactly these images and nothing is copied."""
+    """A folder of hard links (copies across file systems), so both jobs read exactly these images;
+    not symbolic links, which a local source refuses when they lead outside its folder."""
     for key in keys:
         target = into / key
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(os.path.join(os.path.abspath(images_dir), key))
+        try:
+            os.link(os.path.join(images_dir, key), target)
+        except OSError:
+            shutil.copyfile(os.path.join(images_dir, key), target)
 
 
 def child_env() -> dict[str, str]:

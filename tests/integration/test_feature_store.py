@@ -122,8 +122,16 @@ def write_bad_inputs(folder) -> dict[str, str]:
     (folder / "text.jpg").write_text("this is a shopping list, not a photo")
     (folder / "truncated.jpg").write_bytes(good.getvalue()[:300])
     Image.new("1", (10_001, 10_001)).save(folder / "bomb.png")
+    # hostile input: a GIF named .jpg, 34 MP of RGBA (over the memory budget), a symbolic link to a
+    # photo outside the source folder (and, added to the manifest by the test, a key climbing to it)
+    Image.new("RGB", (50, 50), (1, 2, 3)).save(folder / "gif.jpg", "GIF")
+    Image.new("RGBA", (5800, 5800), (0, 200, 0, 128)).save(folder / "huge-rgba.png", compress_level=1)
+    good_elsewhere = folder.parent.parent / "elsewhere.jpg"
+    good_elsewhere.write_bytes(good.getvalue())
+    (folder / "escape.jpg").symlink_to(good_elsewhere)
     return {"empty.jpg": "empty", "text.jpg": "not_an_image", "truncated.jpg": "truncated",
-            "bomb.png": "too_many_pixels", "vanished.jpg": "missing"}
+            "bomb.png": "too_many_pixels", "vanished.jpg": "missing", "gif.jpg": "unsupported_format",
+            "huge-rgba.png": "over_memory_budget", "escape.jpg": "outside_source", "elsewhere.jpg": "unsafe_key"}
 
 
 def write_convertible_inputs(folder) -> list[str]:
@@ -146,7 +154,8 @@ def test_bad_inputs_are_quarantined_with_their_reason_and_good_images_are_stored
     from emr_job.folders import manifest_for_folder
 
     manifest = manifest_for_folder(str(tmp_path / "images"))
-    items = list(manifest.items) + [type(manifest.items[0])("Mixed/vanished.jpg", "0" * 32)]
+    items = list(manifest.items) + [type(manifest.items[0])("Mixed/vanished.jpg", "0" * 32),
+                                    type(manifest.items[0])("../elsewhere.jpg", "1" * 32)]
     manifest = build_manifest("incremental", manifest.source, items)
     warehouse = str(tmp_path / "warehouse")
     # WHEN the batch runs

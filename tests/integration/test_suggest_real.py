@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pyarrow.compute as pc
 import pytest
@@ -30,7 +31,7 @@ def inbox_folder(fruits, root):
     for label in LABELS:
         for name in sorted(os.listdir(fruits / label))[0:5 * INBOX_PER_LABEL:5]:
             key = f"inbox/{label.replace(' ', '_')}--{name}"
-            (root / key).symlink_to(fruits / label / name)
+            shutil.copyfile(fruits / label / name, root / key)  # a symlink out of the folder is refused
             truth[key] = label
     return truth
 

@@ -45,6 +45,9 @@ def test_duplicate_keys_in_one_batch_keep_the_last_version():
         (lambda body: body.update(source="file://../images"), "absolute path"),
         (lambda body: body.update(mode="sometimes"), "unknown mode 'sometimes'"),
         (lambda body: body["items"].append({"key": "raw/A/x.jpg"}), "item 1 needs a non-empty 'etag'"),
+        # the batch id names files (reports/<id>.json): it must not climb out of their folder
+        (lambda body: body.update(batch_id="../../tmp/x"), "batch_id '../../tmp/x' is not one plain name"),
+        (lambda body: body.update(batch_id="incr-1/2"), "is not one plain name"),
     ],
 )
 def test_invalid_manifest_is_refused_with_the_reason(change, message):

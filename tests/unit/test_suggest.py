@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from moto import mock_aws
 
+from contract.layout import UnsafeKey
 from emr_job.images import Reason
 from emr_job.suggest import (
     UNCERTAIN_BELOW, json_uri, keep_top, partition_best, rank_labels, unit_rows,
@@ -112,6 +113,17 @@ def test_json_files_land_below_the_warehouse_for_a_local_source(tmp_path):
     # THEN one file per photo, nested like the key
     assert json.loads((tmp_path / "suggestions/inbox/sub/b.jpg.json").read_text())["image_key"] == "inbox/sub/b.jpg"
     assert (tmp_path / "suggestions/inbox/a.jpg.json").exists()
+
+
+@pytest.mark.parametrize("source", ["file:///img", "s3://photos"])
+def test_a_suggestion_for_a_key_that_climbs_out_is_never_written(tmp_path, source):
+    # GIVEN a row whose key would put its JSON outside suggestions/ (the case the issue found:
+    # inbox/../../../tmp/x.jpg wrote below /tmp)
+    row = table_row(f"inbox/../../../{tmp_path.name}/x.jpg")
+    # WHEN written  THEN the path check refuses it and nothing lands anywhere
+    with pytest.raises(UnsafeKey, match="climbs out"):
+        write_json_files([row], source, str(tmp_path / "warehouse"))
+    assert list(tmp_path.rglob("*.json")) == []
 
 
 def test_accuracy_counts_top1_top5_and_what_each_threshold_would_flag():

@@ -46,6 +46,9 @@ def test_the_request_is_built_from_what_the_template_passes(spec, own_cluster_en
     assert (request["ServiceRole"], request["JobFlowRole"]) == ("verger-EmrServiceRole", "verger-EmrInstanceProfile")
     assert request["VisibleToAllUsers"] is False
     assert request["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
+    # one step at a time: concurrent steps can commit projections under a PCA version a refit has
+    # just replaced (see docs/ARCHITECTURE.md)
+    assert request["StepConcurrencyLevel"] == 1
     groups = {group["InstanceRole"]: group for group in request["Instances"]["InstanceGroups"]}
     assert (groups["MASTER"]["InstanceCount"], groups["MASTER"]["Market"]) == (1, "ON_DEMAND")
     assert (groups["CORE"]["InstanceCount"], groups["CORE"]["InstanceType"]) == (2, "m5.xlarge")

@@ -81,6 +81,27 @@ def test_notifications_that_are_not_image_uploads_are_dropped_with_a_reason(key,
     assert [dropped.reason for dropped in parsed.dropped] == [reason]
 
 
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        "inbox/..%2F..%2F..%2Ftmp%2Fx.jpg",  # S3 keeps '..' literally; a path join would climb out
+        "raw/Kiwi/../../manifests/x.jpg",
+        "raw/Kiwi/a%0Ab.jpg",  # a newline
+        "raw/Kiwi/a%00.jpg",  # NUL
+    ],
+)
+def test_an_upload_with_an_unsafe_key_is_dropped_as_unsafe(encoded):
+    # GIVEN an image upload whose decoded key climbs out of its folder or holds a control character
+    body = json.dumps(notification(encoded))
+
+    # WHEN it is parsed
+    parsed = parse_sqs_body(body, BUCKET)
+
+    # THEN it never becomes a manifest item, and the drop says why
+    assert parsed.uploads == ()
+    assert [dropped.reason for dropped in parsed.dropped] == [DropReason.UNSAFE_KEY]
+
+
 def test_an_s3_test_event_is_dropped_not_failed():
     # GIVEN the s3:TestEvent S3 sends when notifications are configured (from events/sqs-s3-batch.json)
     body = load_event("sqs-s3-batch.json")["Records"][0]["body"]

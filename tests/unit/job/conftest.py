@@ -1,4 +1,8 @@
-"""An in-process S3 (moto) for the job's unit tests, with the job's cached clients reset around it."""
+"""An in-process S3 (moto) for the job's unit tests, with the job's cached clients reset around it;
+hostile images built on the fly."""
+import struct
+import zlib
+
 import boto3
 import pytest
 from moto import mock_aws
@@ -23,3 +27,30 @@ def bucket(tmp_path, monkeypatch):
         yield client
     fetch.s3_client.cache_clear()
     blobs.s3.cache_clear()
+
+
+# ---------------------------------------------------------------- hostile images, built here
+PNG_GRAY, PNG_RGBA = 0, 6  # PNG colour types
+PNG_SAMPLES = {PNG_GRAY: 1, PNG_RGBA: 4}
+
+
+def black_png(width: int, height: int, color_type: int = PNG_GRAY, bit_depth: int = 16) -> bytes:
+    """A valid all-black PNG, compressed a block of rows at a time, so that one just under PIL's
+    pixel limit (170 KiB as 16-bit gray, 340 KiB as RGBA) costs a few MiB to build, not gigabytes."""
+    row = bytes(1 + width * PNG_SAMPLES[color_type] * bit_depth // 8)  # filter byte 0, then zeros
+    compressor = zlib.compressobj(9)
+    data = bytearray()
+    for start in range(0, height, 256):
+        data += compressor.compress(row * min(256, height - start))
+    data += compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", bytes(data)) + png_chunk(b"IEND", b"")
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+@pytest.fixture(scope="session")
+def crafted_png():
+    return black_png

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from emr_job import extract, fetch
 from emr_job.extract import extract_frame
 
 
@@ -63,3 +64,26 @@ def test_stage_timings_are_recorded_per_row(tmp_path):
     out = extract_frame(frame(keys), f"file://{tmp_path}", lambda b: np.zeros((len(b), 1280), np.float32), 2)
     assert (out[["fetch_s", "decode_s", "infer_s"]] >= 0).all().all()
     assert out["decode_s"].sum() > 0
+
+
+
+def test_photos_are_fetched_in_windows_and_the_manifest_size_refuses_an_oversized_one(tmp_path, monkeypatch):
+    # GIVEN 40 photos (more than one fetch window) of which the manifest says one is 1 GiB
+    keys = write_images(tmp_path, 40)
+    sizes = [100] * 40
+    sizes[7] = 2**30
+    windows = []
+
+    def recording_fetch(source, window_keys, etags, window_sizes):
+        windows.append(list(window_keys))
+        return fetch.fetch_all(source, window_keys, etags, window_sizes)
+
+    monkeypatch.setattr(extract, "fetch_all", recording_fetch)
+    # WHEN extracted
+    out = extract_frame(frame(keys).assign(size=sizes), f"file://{tmp_path}",
+                        lambda b: np.zeros((len(b), 1280), np.float32), 8)
+    # THEN that one is refused as too large, every other row has features, and no window was larger
+    # than FETCH_WINDOW_ROWS
+    assert out["reason"].tolist() == [None] * 7 + ["too_large"] + [None] * 32
+    assert [key for window in windows for key in window] == keys
+    assert len(windows) > 1 and max(map(len, windows)) <= extract.FETCH_WINDOW_ROWS

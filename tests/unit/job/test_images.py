@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emr_job.images import MAX_PIXELS, Reason, Rejected, decode_rgb, preprocess
+from emr_job import images
+from emr_job.images import MAX_DECODE_BYTES, MAX_PIXELS, Reason, Rejected, decode_rgb, preprocess
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -39,9 +40,9 @@ def test_preprocess_is_bicubic_resize_then_scale_to_minus_one_one():
         (Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG", None),
         (Image.new("I;16", (8, 8), 65535), "PNG", (255, 255, 255)),
         (Image.new("P", (8, 8), 3), "PNG", None),
-        (Image.new("RGB", (8, 8), (1, 2, 3)), "BMP", (1, 2, 3)),
+        (Image.new("RGB", (8, 8), (1, 2, 3)), "PNG", (1, 2, 3)),
     ],
-    ids=["grayscale", "rgba-transparent", "rgba-opaque", "la", "cmyk", "16-bit", "palette", "bmp"],
+    ids=["grayscale", "rgba-transparent", "rgba-opaque", "la", "cmyk", "16-bit", "palette", "rgb-png"],
 )
 def test_convertible_modes_become_rgb(image, fmt, expected_pixel):
     decoded = decode_rgb(encode(image, fmt))
@@ -49,6 +50,62 @@ def test_convertible_modes_become_rgb(image, fmt, expected_pixel):
     assert decoded.mode == "RGB"
     if expected_pixel is not None:
         assert decoded.getpixel((4, 4)) == expected_pixel
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "TIFF", "WEBP", "ICO", "PPM"])
+def test_formats_verger_does_not_accept_are_refused_by_name_without_parsing(fmt, monkeypatch):
+    # GIVEN a valid image in a format other than JPEG or PNG (PIL could decode it)
+    content = encode(Image.new("RGB", (16, 16), (1, 2, 3)), fmt)
+    # WHEN preprocessed  THEN it is refused as unsupported, naming the format
+    rejected = preprocess(content)
+    assert rejected.reason == Reason.UNSUPPORTED_FORMAT
+    assert fmt in rejected.detail and "JPEG, PNG" in rejected.detail
+
+
+def test_a_multi_picture_jpeg_as_cameras_write_it_is_accepted():
+    # GIVEN an MPO (a JPEG with a second picture appended, as many cameras write)
+    content = encode(Image.new("RGB", (64, 48), (200, 10, 10)), "MPO", save_all=True,
+                     append_images=[Image.new("RGB", (64, 48))])
+    assert Image.open(io.BytesIO(content)).format == "MPO"
+    # THEN it is decoded like any JPEG
+    assert preprocess(content).shape == (224, 224, 3)
+
+
+def test_sixteen_bit_values_scale_to_eight_bits_as_round_of_x_times_255_over_65535():
+    # GIVEN every 16-bit value (and 32-bit values, negative, small and too large)
+    every = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    for image, top in ((Image.fromarray(every), 65535),
+                       (Image.fromarray(np.array([[-5, 0, 17, 255]], np.int32)), 255),
+                       (Image.fromarray(np.array([[-5, 300, 65535, 70000]], np.int32)), 65535)):
+        wide = np.asarray(image, np.float64)
+        # WHEN scaled in integers, a few rows at a time
+        narrow = np.asarray(images.scaled_to_8_bits(image, rows=7))
+        # THEN it equals the contract's float formula exactly
+        np.testing.assert_array_equal(narrow, np.clip(wide * (255.0 / top), 0, 255).round().astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("color_type", "bit_depth", "mode"), [(0, 16, "I;16"), (6, 8, "RGBA")], ids=["16-bit-gray", "rgba"]
+)
+def test_an_image_over_the_memory_budget_is_refused_from_its_header(crafted_png, color_type, bit_depth, mode):
+    # GIVEN a small PNG just under PIL's pixel limit (2 GiB or more to decode)
+    side = int(MAX_PIXELS ** 0.5)
+    content = crafted_png(side, side, color_type, bit_depth)
+    assert len(content) < 400 * 1024
+    # WHEN preprocessed  THEN it is refused before decoding, with the mode, size and budget named
+    rejected = preprocess(content)
+    assert rejected.reason == Reason.OVER_MEMORY_BUDGET
+    assert f"{side}x{side} {mode}" in rejected.detail
+    assert f"{MAX_DECODE_BYTES // 2**20:,} MiB" in rejected.detail
+
+
+def test_the_same_pixels_pass_or_not_by_bytes_per_pixel():
+    # GIVEN 40 MP: within the budget as 8-bit grayscale, over it as RGBA
+    side = int((40e6) ** 0.5)
+    gray, rgba = Image.new("L", (side, side)), Image.new("RGBA", (side, side))
+    # THEN the header check accepts one and refuses the other
+    assert images.header_refusal(gray) is None
+    assert images.header_refusal(rgba).reason == Reason.OVER_MEMORY_BUDGET
 
 
 def test_palette_with_transparency_is_composited_on_white():

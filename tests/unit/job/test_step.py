@@ -51,3 +51,13 @@ def test_weights_whose_bytes_do_not_match_the_staged_sha256_are_refused(bucket):
     bucket.put_object(Bucket="verger-test", Key="models/w.h5", Body=WEIGHTS.read_bytes(), Metadata={"sha256": "0" * 64})
     with pytest.raises(WeightsError, match="do not match the sha256"):
         resolve_weights("s3://verger-test/models/w.h5")
+
+
+def test_weights_staged_without_a_checksum_are_refused_with_how_to_stage_them(bucket, tmp_path):
+    # GIVEN genuine weights uploaded by hand, without the sha256 metadata bootstrap.stage records
+    bucket.put_object(Bucket="verger-test", Key="models/w.h5", Body=WEIGHTS.read_bytes())
+    # WHEN resolved  THEN they are refused, and the message says how to stage them
+    with pytest.raises(WeightsError, match=r"no recorded sha256.*python -m bootstrap\.stage --bucket verger-test"):
+        resolve_weights("s3://verger-test/models/w.h5")
+    # AND nothing was downloaded into the cache
+    assert not (tmp_path / "cache" / "weights").exists()

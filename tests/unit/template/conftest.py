@@ -2,12 +2,15 @@
 long-form dictionaries (`{"Ref": …}`, `{"Fn::Sub": …}`) that the tests inspect."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-TEMPLATE = Path(__file__).resolve().parents[3] / "template.yaml"
+# The mutation check (test_template_mutations.py) points the security tests at a mutated copy.
+TEMPLATE_ENV = "VERGER_TEMPLATE_UNDER_TEST"
+TEMPLATE = Path(os.environ.get(TEMPLATE_ENV) or Path(__file__).resolve().parents[3] / "template.yaml")
 
 
 class CfnLoader(yaml.SafeLoader):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,30 @@ def bucket_arn(suffix: str = "") -> str:
     return "arn:${AWS::Partition}:s3:::${BucketName}" + suffix
 
 
+def grants(statements_: list[dict], action: str, resource: str) -> bool:
+    """Whether an Allow statement covers `action` on `resource`, wildcards (`glue:Delete*`,
+    `arn:aws:s3:::*`) included."""
+    return any(
+        s["Effect"] == "Allow"
+        and any(fnmatchcase(action, pattern) for pattern in as_list(s["Action"]))
+        and any(fnmatchcase(resource, pattern) for pattern in map(text, as_list(s["Resource"])))
+        for s in statements_
+    )
+
+
+def of_type(resources: dict, kind: str) -> dict[str, dict]:
+    return {name: resource for name, resource in resources.items() if resource["Type"] == kind}
+
+
+def tls_denials(statements_: list[dict], arns: set[str]) -> list[dict]:
+    """Statements denying every action, to anyone, on exactly `arns`, when TLS is not used."""
+    return [
+        s for s in statements_
+        if s["Effect"] == "Deny" and s["Principal"] == "*" and as_list(s["Action"])[0].endswith(":*")
+        and resources_of([s]) == arns and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    ]
+
+
 @pytest.fixture(scope="module")
 def bucket(resources):
     return resources["Bucket"]["Properties"]
@@ -91,30 +116,56 @@ def job_statements(resources):
 
 
 # ---------------------------------------------------------------- bucket
-def test_bucket_encrypts_every_object_by_default(bucket):
-    # GIVEN the bucket's encryption configuration
-    rules = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
-    # THEN a default server-side encryption algorithm is set
-    assert [r["ServerSideEncryptionByDefault"]["SSEAlgorithm"] for r in rules] == ["AES256"]
+def test_every_bucket_encrypts_every_object_by_default(resources):
+    for name, bucket_ in of_type(resources, "AWS::S3::Bucket").items():
+        # GIVEN the bucket's encryption configuration
+        rules = bucket_["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        # THEN a default server-side encryption algorithm is set (SSE-S3: access logs need it)
+        assert [r["ServerSideEncryptionByDefault"]["SSEAlgorithm"] for r in rules] == ["AES256"], name
 
 
-def test_bucket_blocks_all_four_kinds_of_public_access(bucket):
-    # GIVEN the public access block  THEN all four switches are on
-    assert bucket["PublicAccessBlockConfiguration"] == {
-        "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True,
-    }
+def test_every_bucket_blocks_all_four_kinds_of_public_access_and_acls(resources):
+    for name, bucket_ in of_type(resources, "AWS::S3::Bucket").items():
+        props = bucket_["Properties"]
+        # GIVEN the public access block  THEN all four switches are on, and ACLs are disabled
+        assert props["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True,
+        }, name
+        assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}, name
 
 
-def test_bucket_policy_denies_every_request_without_tls(resources):
-    # GIVEN the bucket policy
-    denials = [s for s in policy_documents(resources)["BucketPolicy"] if s["Effect"] == "Deny"]
-    # THEN one statement denies all S3 actions, on the bucket and its objects, to anyone without TLS
-    assert any(
-        s["Principal"] == "*" and s["Action"] == "s3:*"
-        and resources_of([s]) == {bucket_arn(), bucket_arn("/*")}
-        and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-        for s in denials
-    )
+def test_every_bucket_policy_denies_every_request_without_tls(resources):
+    policies = of_type(resources, "AWS::S3::BucketPolicy").values()
+    for name in of_type(resources, "AWS::S3::Bucket"):
+        # GIVEN the bucket's policy (the photo bucket's ARNs are built from its name)
+        (policy,) = [p["Properties"] for p in policies if p["Properties"]["Bucket"] == {"Ref": name}]
+        arns = ({bucket_arn(), bucket_arn("/*")} if name == "Bucket"
+                else {f"${{{name}.Arn}}", f"${{{name}.Arn}}/*"})
+        # THEN one statement denies all S3 actions, on the bucket and its objects, to anyone without TLS
+        assert tls_denials(statements(policy["PolicyDocument"]), arns), name
+
+
+def test_bucket_logs_every_request_to_the_access_log_bucket(bucket):
+    # GIVEN the photo bucket's logging  THEN server access logs go to the log bucket, under s3-access/
+    assert bucket["LoggingConfiguration"] == {"DestinationBucketName": {"Ref": "AccessLogBucket"},
+                                              "LogFilePrefix": "s3-access/"}
+
+
+def test_access_log_bucket_admits_only_log_delivery_from_the_photo_bucket(resources):
+    # GIVEN the log bucket policy's Allow statements
+    allows = [s for s in policy_documents(resources)["AccessLogBucketPolicy"] if s["Effect"] == "Allow"]
+    # THEN only S3's logging service may write, only under s3-access/, only for this bucket and account
+    (statement,) = allows
+    assert statement["Principal"] == {"Service": "logging.s3.amazonaws.com"}
+    assert statement["Action"] == "s3:PutObject"
+    assert resources_of([statement]) == {"${AccessLogBucket.Arn}/s3-access/*"}
+    assert text(statement["Condition"]["ArnLike"]["aws:SourceArn"]) == bucket_arn()
+    assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+
+
+def test_access_logs_expire_after_their_retention_parameter(resources):
+    rules = resources["AccessLogBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert [(r["Status"], r["ExpirationInDays"]) for r in rules] == [("Enabled", {"Ref": "AccessLogRetentionDays"})]
 
 
 def test_manifests_expire_after_the_retention_parameter(bucket):
@@ -132,11 +183,14 @@ def test_no_lifecycle_rule_expires_the_warehouse_where_iceberg_keeps_the_quarant
     assert expiring and all(r.get("Prefix") and not "warehouse/".startswith(r["Prefix"]) for r in expiring)
 
 
-def test_versioning_is_a_parameter_and_off_by_default(template, bucket):
-    # GIVEN the versioning configuration  THEN it depends on EnableVersioning, which defaults to false
-    assert bucket["VersioningConfiguration"]["Fn::If"][0] == "Versioned"
-    assert template["Conditions"]["Versioned"] == {"Fn::Equals": [{"Ref": "EnableVersioning"}, "true"]}
-    assert template["Parameters"]["EnableVersioning"]["Default"] == "false"
+def test_bucket_keeps_previous_versions_and_expires_them(template, bucket):
+    # GIVEN the versioning configuration  THEN it is on, unconditionally
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    # AND a bucket-wide rule deletes previous versions after NoncurrentVersionDays
+    expiring = [r for r in bucket["LifecycleConfiguration"]["Rules"]
+                if "NoncurrentVersionExpiration" in r and r["Status"] == "Enabled" and not r.get("Prefix")]
+    assert [r["NoncurrentVersionExpiration"] for r in expiring] == [{"NoncurrentDays": {"Ref": "NoncurrentVersionDays"}}]
+    assert 1 <= template["Parameters"]["NoncurrentVersionDays"]["Default"] <= 90
 
 
 # ---------------------------------------------------------------- notifications and queue
@@ -179,6 +233,15 @@ def test_queue_policy_admits_only_this_bucket_from_this_account(resources):
     assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
 
 
+def test_every_queue_denies_every_request_without_tls(resources):
+    policies = [p["Properties"] for p in of_type(resources, "AWS::SQS::QueuePolicy").values()]
+    for name in of_type(resources, "AWS::SQS::Queue"):
+        # GIVEN the policies attached to the queue
+        attached = [s for p in policies if {"Ref": name} in p["Queues"] for s in statements(p["PolicyDocument"])]
+        # THEN one of them denies every SQS action on it, to anyone, without TLS
+        assert tls_denials(attached, {f"${{{name}.Arn}}"}), name
+
+
 def test_failing_records_reach_the_dead_letter_queue_after_a_few_receives(resources):
     redrive = resources["UploadQueue"]["Properties"]["RedrivePolicy"]
     assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["UploadDeadLetterQueue", "Arn"]}
@@ -194,8 +257,8 @@ def test_visibility_timeout_covers_six_function_timeouts_plus_the_longest_batchi
 
 
 def test_queues_are_encrypted_at_rest(resources):
-    assert resources["UploadQueue"]["Properties"]["SqsManagedSseEnabled"] is True
-    assert resources["UploadDeadLetterQueue"]["Properties"]["SqsManagedSseEnabled"] is True
+    for name, queue in of_type(resources, "AWS::SQS::Queue").items():
+        assert queue["Properties"]["SqsManagedSseEnabled"] is True, name
 
 
 # ---------------------------------------------------------------- the trigger function
@@ -265,6 +328,20 @@ def test_the_schedule_sends_reconcile_with_its_scheduled_time_as_the_sweep_nonce
     assert json.loads(props["Input"]) == {"action": "reconcile", "scheduled_time": "<aws.scheduler.scheduled-time>"}
 
 
+def test_trigger_reserves_at_least_the_queues_maximum_concurrency_unless_told_not_to(template, trigger):
+    # GIVEN the function's reserved concurrency and its queue's maximum concurrency
+    (event,) = [e for e in trigger["Events"].values() if e["Type"] == "SQS"]
+    maximum = event["Properties"]["ScalingConfig"]["MaximumConcurrency"]
+    parameter = template["Parameters"]["TriggerReservedConcurrency"]
+    # THEN it comes from a parameter whose default covers the queue's consumers (0 means none, for
+    # accounts that cannot reserve any)
+    assert trigger["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["ReservesConcurrency", {"Ref": "TriggerReservedConcurrency"}, {"Ref": "AWS::NoValue"}]
+    }
+    assert template["Conditions"]["ReservesConcurrency"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "TriggerReservedConcurrency"}, 0]}]}
+    assert maximum < parameter["Default"] <= parameter["MaxValue"] <= 50
+
+
 # ---------------------------------------------------------------- IAM, everywhere
 def test_no_statement_allows_every_action(resources):
     for owner, found in policy_documents(resources).items():
@@ -287,9 +364,13 @@ def test_function_uses_its_own_role_so_sam_adds_no_broad_managed_policy(trigger,
     assert "ManagedPolicyArns" not in resources["TriggerRole"]["Properties"]
 
 
-def test_lambda_reads_only_raw_inbox_and_manifests(lambda_statements):
-    assert resources_of(allowed(lambda_statements, "s3:GetObject")) == {
-        bucket_arn("/raw/*"), bucket_arn("/inbox/*"), bucket_arn("/manifests/*")}
+def test_lambda_reads_manifests_but_never_a_photo(lambda_statements):
+    # GIVEN the trigger's statements  THEN it reads manifests and attempt records (reconciliation),
+    # and none lets it read a photo: it never GETs one
+    assert resources_of(allowed(lambda_statements, "s3:GetObject")) == {bucket_arn("/manifests/*")}
+    for photo in ("/raw/Kiwi/1.jpg", "/inbox/1.jpg"):
+        for action in ("s3:GetObject", "s3:GetObjectVersion"):
+            assert not grants(lambda_statements, action, bucket_arn(photo)), (action, photo)
 
 
 def test_lambda_writes_only_manifests_and_deletes_only_attempt_records(lambda_statements):
@@ -300,10 +381,11 @@ def test_lambda_writes_only_manifests_and_deletes_only_attempt_records(lambda_st
     assert resources_of(allowed(lambda_statements, "s3:DeleteObject")) == {bucket_arn("/manifests/attempts/*")}
 
 
-def test_lambda_lists_the_bucket_only_under_photos_manifests_and_reports(lambda_statements):
+def test_lambda_lists_the_bucket_only_under_manifests_and_reports(lambda_statements):
+    # a full recompute and a sweep list the photos in the job, not in the trigger
     (listing,) = allowed(lambda_statements, "s3:ListBucket")
     assert resources_of([listing]) == {bucket_arn()}
-    assert sorted(listing["Condition"]["StringLike"]["s3:prefix"]) == ["inbox/*", "manifests/*", "raw/*", "warehouse/reports/*"]
+    assert sorted(listing["Condition"]["StringLike"]["s3:prefix"]) == ["manifests/*", "warehouse/reports/*"]
 
 
 def test_lambda_uses_only_the_existing_cluster_or_clusters_tagged_with_its_stack(lambda_statements):
@@ -341,12 +423,26 @@ def test_lambda_passes_only_the_job_role_and_only_to_emr_serverless(lambda_state
     assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "emr-serverless.amazonaws.com"}}
 
 
+JOB_READS = ("raw/", "inbox/", "manifests/", "code/", "models/", "warehouse/", "suggestions/")
+JOB_WRITES = ("warehouse/", "suggestions/")
+
+
 def test_job_reads_its_inputs_and_writes_only_warehouse_and_suggestions(job_statements):
     writes = [s for s in job_statements if s["Effect"] == "Allow"
               and {"s3:PutObject", "s3:DeleteObject"} & set(as_list(s["Action"]))]
-    assert resources_of(writes) == {bucket_arn("/warehouse/*"), bucket_arn("/suggestions/*")}
-    reads = resources_of(allowed(job_statements, "s3:GetObject"))
-    assert {bucket_arn(f"/{p}*") for p in ("raw/", "inbox/", "manifests/", "code/", "models/")} <= reads
+    assert resources_of(writes) == {bucket_arn(f"/{p}*") for p in JOB_WRITES}
+    assert resources_of(allowed(job_statements, "s3:GetObject")) == {bucket_arn(f"/{p}*") for p in JOB_READS}
+
+
+@pytest.mark.parametrize("action", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"])
+def test_job_touches_no_object_outside_its_prefixes_or_bucket(job_statements, action):
+    # GIVEN objects outside what the job needs: elsewhere in the bucket, in another bucket
+    outside = [bucket_arn("/logs/emr/x"), bucket_arn("/other/x"), "arn:aws:s3:::someone-elses-bucket/x",
+               "arn:${AWS::Partition}:s3:::someone-elses-bucket/x"]
+    allowed_prefixes = JOB_READS if action == "s3:GetObject" else JOB_WRITES
+    # THEN no statement, wildcards included, grants the action on them; and it does on its own prefixes
+    assert not [arn for arn in outside if grants(job_statements, action, arn)]
+    assert all(grants(job_statements, action, bucket_arn(f"/{p}x")) for p in allowed_prefixes)
 
 
 def test_job_lists_the_bucket_only_with_a_prefix_condition(job_statements):
@@ -361,7 +457,11 @@ def test_job_glue_access_is_limited_to_the_verger_database(resources, job_statem
     glue = [s for s in job_statements if any(a.startswith("glue:") for a in as_list(s["Action"]))]
     prefix = "arn:${AWS::Partition}:glue:${AWS::Region}:${AWS::AccountId}:"
     assert resources_of(glue) == {prefix + "catalog", prefix + "database/${GlueDatabase}", prefix + "table/${GlueDatabase}/*"}
-    assert not {a for s in glue for a in as_list(s["Action"])} & {"glue:DeleteDatabase", "glue:DeleteTable"}
+    # and nothing, wildcards included, lets it delete the catalog's tables or database
+    destructive = ("glue:DeleteDatabase", "glue:DeleteTable", "glue:BatchDeleteTable", "glue:DeleteTableVersion",
+                   "glue:DeletePartition", "glue:UpdateDatabase")
+    table = prefix.replace("${AWS::Partition}", "aws") + "table/verger/features"
+    assert not [a for a in destructive if grants(glue, a, prefix + "table/${GlueDatabase}/features") or grants(glue, a, table)]
 
 
 def test_emr_service_role_passes_only_the_instance_role_to_ec2(resources):
@@ -537,7 +637,7 @@ def test_every_output_is_described(template):
 
 
 def test_stored_resources_carry_the_project_tag(resources):
-    for name in ("Bucket", "UploadQueue", "UploadDeadLetterQueue", "ClusterDiskKey", "AlertTopic", "TriggerRole",
+    for name in ("Bucket", "UploadQueue", "UploadDeadLetterQueue", "ClusterDiskKey", "AlertTopic", "AccessLogBucket", "TriggerRole",
                  "ServerlessApplication", "ImageRepository"):
         tags = resources[name]["Properties"]["Tags"]
         pairs = tags.items() if isinstance(tags, dict) else ((t["Key"], t["Value"]) for t in tags)
