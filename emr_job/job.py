@@ -49,6 +49,7 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
         "mode": manifest.mode,
         "source": manifest.source,
         "ingested_at": ingested_at,
+        "engine": {"name": settings.engine, "precision": settings.precision},
         "images": {
             "in_manifest": len(manifest.items),
             "already_present": len(manifest.items) - len(todo) - already_quarantined,
@@ -111,10 +112,10 @@ def extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at) ->
     spark.sparkContext.addFile(settings.weights_path)
     weights_name = os.path.basename(settings.weights_path)
     threads = int(spark.conf.get("spark.task.cpus", "1"))
-    engine, batch_size = settings.engine, settings.batch_size
+    engine, precision, batch_size = settings.engine, settings.precision, settings.batch_size
 
     def loader():
-        return load_extractor(SparkFiles.get(weights_name), engine, threads)
+        return load_extractor(SparkFiles.get(weights_name), engine, threads, precision=precision)
 
     extracted = (
         spark.createDataFrame(items, ITEM_SCHEMA)

@@ -10,6 +10,7 @@ from contract.layout import DEFAULT_VARIANCE_TARGET
 
 def add_commands(subparsers) -> None:
     from emr_job.engines import DEFAULT_ENGINE, ENGINES
+    from emr_job.engines.precision import DEFAULT_PRECISION, PRECISIONS
 
     run = subparsers.add_parser(
         "run", help="process a <Label>/<image> folder as one batch",
@@ -26,6 +27,9 @@ def add_commands(subparsers) -> None:
                      help="explained-variance target that chooses k (default %(default)s)")
     run.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                      help="inference engine (default %(default)s; keras is the slow reference)")
+    run.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                     help="fp32 (default, the exact feature contract), bf16 (openvino, CPUs with "
+                          "AVX-512 BF16 or AMX) or auto (bf16 exactly where the CPU has it)")
     run.set_defaults(command=command_run)
 
     export = subparsers.add_parser(
@@ -59,6 +63,8 @@ def add_commands(subparsers) -> None:
     bench.add_argument("--baseline", default=os.environ.get("VERGER_BASELINE", "../shared/bench/baseline_notebook.py"),
                        help="the notebook baseline script (default: $VERGER_BASELINE or %(default)s)")
     bench.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
+    bench.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                       help="Verger's precision; a lower one is judged against the baseline's FP32 features")
     bench.set_defaults(command=command_bench)
 
 
@@ -72,14 +78,28 @@ def command_run(args: argparse.Namespace) -> int:
     from emr_job.weights import resolve_weights
 
     weights = resolve_weights(args.weights)
+    precision = settled_precision(args.engine, args.precision)
     manifest = manifest_for_folder(args.images, args.mode, args.limit)
     blobs.write_bytes(warehouse_path(warehouse_root(args.warehouse), manifest_key(manifest.batch_id)),
                       manifest.to_json().encode())
     settings = JobSettings(warehouse=args.warehouse, weights_path=weights, variance=args.variance,
-                           engine=args.engine)
+                           engine=args.engine, precision=precision)
     report = run_manifest(get_session("verger-run"), manifest, settings)
     print(json.dumps(report, indent=1))
     return 0
+
+
+def settled_precision(engine: str, requested: str) -> str:
+    """fp32 or bf16 for this batch, checked against the engine; the choice goes to stderr."""
+    import sys
+
+    from emr_job.engines import check_precision
+    from emr_job.engines.precision import choose_here
+
+    choice = choose_here(requested)
+    check_precision(engine, choice.precision)
+    print(f"verger: precision {choice.precision} ({choice.reason})", file=sys.stderr)
+    return choice.precision
 
 
 def command_export(args: argparse.Namespace) -> int:
