@@ -52,10 +52,12 @@ def add_commands(subparsers) -> None:
 
     bench = subparsers.add_parser(
         "bench", help="the notebook baseline and Verger's job on the same images, side by side",
-        description="Runs the classic notebook job, then Verger's job end to end (manifest to "
-                    "committed batch; JVM start excluded for both), on the same images and weights; "
-                    "then 100 held-back images into an empty store and into the one just built. "
-                    "Prints images/s, stage seconds, peak memory; the last line is the ratio.",
+        description="On the same images and weights: the classic notebook job, a single-process "
+                    "reference (decode + Verger's engine, no Spark), and Verger's job on the whole "
+                    "folder, on a 2,000-photo first batch and on 100 held-back photos into the "
+                    "whole-folder store (JVM start excluded). Prints images/s, fixed and per-photo "
+                    "cost, peak memory, the precision's effect on held-out accuracy and PCA k, and "
+                    "the issue's targets; the last line is the whole-folder ratio to the baseline.",
     )
     bench.add_argument("--images", required=True, help="folder laid out as <Label>/<image>")
     bench.add_argument("--limit", type=int, help="at most N images, spread across label folders (default: all)")
@@ -117,7 +119,8 @@ def command_bench(args: argparse.Namespace) -> int:
 
     if not os.path.isfile(args.baseline):
         raise FileNotFoundError(f"baseline script not found: {args.baseline} (pass --baseline)")
-    for line in bench(args.images, resolve_weights(args.weights), args.baseline, args.limit, args.engine):
+    lines = bench(args.images, resolve_weights(args.weights), args.baseline, args.limit, args.engine, args.precision)
+    for line in lines:
         print(line, flush=True)
     return 0
 
