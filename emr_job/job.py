@@ -108,7 +108,11 @@ def extract_and_commit(spark, catalog, manifest, todo, settings, ingested_at) ->
             "label": [layout.label_of(item.key) for item in todo],
         }
     )
-    partitions = max(1, min(-(-len(todo) // ROWS_PER_PARTITION), spark.sparkContext.defaultParallelism * 8))
+    cores = spark.sparkContext.defaultParallelism
+    # Every core gets work as soon as there is an inference batch for it (a 100-photo batch on
+    # one core would take twice as long); large batches get partitions of ROWS_PER_PARTITION.
+    partitions = max(1, min(-(-len(todo) // settings.batch_size), cores),
+                     min(-(-len(todo) // ROWS_PER_PARTITION), cores * 8))
     spark.sparkContext.addFile(settings.weights_path)
     weights_name = os.path.basename(settings.weights_path)
     threads = int(spark.conf.get("spark.task.cpus", "1"))
