@@ -20,8 +20,9 @@ import numpy as np
 from emr_job.engines import load_extractor
 from emr_job.folders import list_image_keys
 from emr_job.images import Rejected, preprocess
+from emr_job.settings import JobSettings
 
-BATCH = 32
+BATCH = JobSettings.batch_size  # the job's inference batch
 AHEAD = 4 * BATCH
 LINE = "reference: {images} images in {seconds:.1f} s (model load {load:.1f} s) = {rate:.1f} img/s"
 
