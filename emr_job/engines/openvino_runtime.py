@@ -15,7 +15,8 @@ def openvino_extractor(model_path: str, threads: int | None, precision: str):
     """Compile `model_path` for the CPU on at most `threads` cores; returns a numpy-in/out function.
 
     One stream and a latency hint: Spark already runs one worker per core, so each worker's
-    requests go one at a time through its own threads.
+    requests go one at a time through its own threads; no pinning, since OpenVINO pins without
+    knowing the other workers.
     """
     import openvino as ov
 
@@ -23,6 +24,8 @@ def openvino_extractor(model_path: str, threads: int | None, precision: str):
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": "1",
         "INFERENCE_PRECISION_HINT": _PRECISION_HINTS[precision],
+        # Each process would pin its threads from core 0 up: two one-thread workers on one core.
+        "ENABLE_CPU_PINNING": "NO",
     }
     if threads:
         config["INFERENCE_NUM_THREADS"] = str(threads)
