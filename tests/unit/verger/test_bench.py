@@ -90,7 +90,7 @@ def test_spread_keeps_every_label_and_series_in_a_sample():
 
 
 def run(images: int, seconds: float, stages: dict | None = None, pca_action: str = "refit") -> Run:
-    report = {"seconds": {**(stages or {}), "pca": 6}, "pca": {"action": pca_action}}
+    report = {"seconds": {**(stages or {}), "pca": 6, "total": seconds}, "pca": {"action": pca_action}}
     return Run(images=images, seconds=seconds, memory=PeakMemory(100, 200, 3), report=report)
 
 
@@ -115,4 +115,5 @@ def test_summary_derives_fixed_cost_from_the_two_first_batches_and_ends_with_the
     assert "incremental fixed cost 3.0 s <= 5 s MET" in text
     assert "whole folder 0.38 of the reference >= 0.95 NOT MET" in text
     assert "top-1 within 1 point MET" in text and "PCA k within 5 % MET" in text
+    assert "verger incremental, wall: extract 4.0 s, write+commit 5.0 s, PCA applied 6.0 s, rest -11.0 s" in text
     assert lines[-1] == "ratio verger/baseline: 1.92x"
