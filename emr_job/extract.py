@@ -145,11 +145,18 @@ def extract_partitions(
     source: str, load_extractor: Callable[[], Extractor], batch_size: int
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """The `mapInPandas` function; the extractor is loaded (or fetched from the worker's cache) once
-    per task, not once per Arrow batch."""
+    per task, not once per Arrow batch, in the background while the first photos are fetched and
+    decoded, so a fresh worker's model load overlaps its first batch instead of preceding it."""
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        extractor = load_extractor()
-        for frame in frames:
-            yield extract_frame(frame, source, extractor, batch_size)
+        with ThreadPoolExecutor(1) as loader:
+            loaded = loader.submit(load_extractor)
+
+            def extractor(images: np.ndarray) -> np.ndarray:
+                return loaded.result()(images)
+
+            for frame in frames:
+                yield extract_frame(frame, source, extractor, batch_size)
+            loaded.result()  # a model that failed to load fails the task even if no photo needed it
 
     return run

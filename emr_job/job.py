@@ -45,7 +45,8 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
     ingested_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     catalog = store.open_catalog(settings.warehouse)
     report: dict = {"batch_id": manifest.batch_id, "mode": manifest.mode, "source": manifest.source,
-                    "ingested_at": ingested_at, "seconds": {}}
+                    "ingested_at": ingested_at, "seconds": {},
+                    "engine": {"name": settings.engine, "precision": settings.precision}}
     removals = [item for item in manifest.items if item.removed]
     if removals:
         report["erasure"] = erase_removed(spark, catalog, settings.warehouse, manifest.source,
@@ -169,14 +170,18 @@ def features_delete_filter(manifest: Manifest, replaced: dict[str, str], transie
 def extract_and_commit(spark, catalog, manifest, batch: Batch, settings, ingested_at) -> dict:
     """Features for the batch's todo rows, committed with their quarantine rows (quarantine
     first: a photo is never without either); returns the extraction part of the report."""
-    partitions = max(1, min(-(-batch.todo_count // ROWS_PER_PARTITION), spark.sparkContext.defaultParallelism * 8))
+    cores = spark.sparkContext.defaultParallelism
+    # Every core gets work as soon as there is an inference batch for it (a 100-photo batch on
+    # one core would take twice as long); large batches get partitions of ROWS_PER_PARTITION.
+    partitions = max(1, min(-(-batch.todo_count // settings.batch_size), cores),
+                     min(-(-batch.todo_count // ROWS_PER_PARTITION), cores * 8))
     spark.sparkContext.addFile(settings.weights_path)
     weights_name = os.path.basename(settings.weights_path)
     threads = int(spark.conf.get("spark.task.cpus", "1"))
-    engine, batch_size = settings.engine, settings.batch_size
+    engine, precision, batch_size = settings.engine, settings.precision, settings.batch_size
 
     def loader():
-        return load_extractor(SparkFiles.get(weights_name), engine, threads)
+        return load_extractor(SparkFiles.get(weights_name), engine, threads, precision=precision)
 
     extracted = (
         # the sizes let the executors refuse an oversized photo before the GET

@@ -13,6 +13,7 @@ from contract.layout import DEFAULT_VARIANCE_TARGET, StepArgs
 
 def parser() -> argparse.ArgumentParser:
     from emr_job.engines import DEFAULT_ENGINE, ENGINES
+    from emr_job.engines.precision import DEFAULT_PRECISION, PRECISIONS
 
     parse = argparse.ArgumentParser(prog="step.py", description="Process one Verger manifest.")
     parse.add_argument(StepArgs.MANIFEST, required=True, help="s3:// or file:// URI of the manifest JSON")
@@ -22,6 +23,8 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument(StepArgs.VARIANCE, type=float, default=DEFAULT_VARIANCE_TARGET,
                        help="explained-variance target that chooses k (default %(default)s)")
     parse.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE, help="inference engine")
+    parse.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                       help="fp32 (the contract), bf16 (native bf16 CPUs only) or auto")
     return parse
 
 
@@ -29,19 +32,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from contract.manifest import ManifestError, parse_manifest
     from emr_job import blobs
+    from emr_job.engines import check_precision
+    from emr_job.engines.precision import choose_here
     from emr_job.engines.weights_file import WeightsError
     from emr_job.job import JobSettings, run_manifest
     from emr_job.session import get_session
     from emr_job.weights import resolve_weights
 
     try:
+        precision = choose_here(args.precision)
+        check_precision(args.engine, precision.precision)
         weights = resolve_weights(args.weights)
         manifest = parse_manifest(blobs.read_bytes(args.manifest))
-    except (ManifestError, WeightsError, OSError) as error:
+    except (ManifestError, WeightsError, OSError, ValueError) as error:
         print(f"verger step: {error}", file=sys.stderr)
         return 2
+    print(f"verger step: precision {precision.precision} ({precision.reason})", file=sys.stderr)
     settings = JobSettings(warehouse=args.warehouse, weights_path=weights, variance=args.variance,
-                           engine=args.engine)
+                           engine=args.engine, precision=precision.precision)
     report = run_manifest(get_session(f"verger-{manifest.batch_id}"), manifest, settings)
     print(json.dumps(report, indent=1))
     return 0

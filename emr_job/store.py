@@ -106,7 +106,17 @@ def write_rows(frame, rows: int, warehouse: str, table: str, batch_id: str) -> l
     directory = attempt_dir(warehouse, table, batch_id)
     files = max(1, -(-rows // ROWS_PER_FILE))
     frame.repartitionByRange(files, "image_key").sortWithinPartitions("image_key").write.parquet(directory)
-    return frame.sparkSession.read.parquet(directory).inputFiles()
+    return written_parquet_files(frame.sparkSession, directory)
+
+
+def written_parquet_files(spark, directory: str) -> list[str]:
+    """The Parquet files in `directory`, listed through the filesystem Spark wrote with (one
+    listing call; reading the directory back as a table would also open every file's footer)."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(directory)
+    filesystem = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return sorted(str(status.getPath().toString()) for status in filesystem.listStatus(path)
+                  if status.getPath().getName().endswith(".parquet"))
 
 
 def iceberg_path(spark_path: str) -> str:

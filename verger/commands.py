@@ -15,6 +15,7 @@ from emr_job.blobs import local_path
 def add_commands(subparsers) -> None:
     from emr_job.engines import DEFAULT_ENGINE, ENGINES
     from emr_job.upkeep import DEFAULT_ORPHAN_AGE, DEFAULT_RETENTION
+    from emr_job.engines.precision import DEFAULT_PRECISION, PRECISIONS
 
     run = subparsers.add_parser(
         "run", help="process a <Label>/<image> folder as one batch",
@@ -32,6 +33,9 @@ def add_commands(subparsers) -> None:
                      help="explained-variance target that chooses k (default %(default)s)")
     run.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                      help="inference engine (default %(default)s; keras is the slow reference)")
+    run.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                     help="fp32 (default, the exact feature contract), bf16 (openvino, CPUs with "
+                          "AVX-512 BF16 or AMX) or auto (bf16 exactly where the CPU has it)")
     run.set_defaults(command=command_run)
 
     export = subparsers.add_parser(
@@ -104,10 +108,12 @@ def add_commands(subparsers) -> None:
 
     bench = subparsers.add_parser(
         "bench", help="the notebook baseline and Verger's job on the same images, side by side",
-        description="Runs the classic notebook job, then Verger's job end to end (manifest to "
-                    "committed batch; JVM start excluded for both), on the same images and weights; "
-                    "then 100 held-back images into an empty store and into the one just built. "
-                    "Prints images/s, stage seconds, peak memory; the last line is the ratio.",
+        description="On the same images and weights: the classic notebook job, a single-process "
+                    "reference (decode + Verger's engine, no Spark), and Verger's job on the whole "
+                    "folder, on a 2,000-photo first batch and on 100 held-back photos into the "
+                    "whole-folder store (JVM start excluded). Prints images/s, fixed and per-photo "
+                    "cost, peak memory, the precision's effect on held-out accuracy and PCA k, and "
+                    "the issue's targets; the last line is the whole-folder ratio to the baseline.",
     )
     bench.add_argument("--images", required=True, help="folder laid out as <Label>/<image>")
     bench.add_argument("--limit", type=int, help="at most N images, spread across label folders (default: all)")
@@ -115,6 +121,8 @@ def add_commands(subparsers) -> None:
     bench.add_argument("--baseline", default=os.environ.get("VERGER_BASELINE", "../shared/bench/baseline_notebook.py"),
                        help="the notebook baseline script (default: $VERGER_BASELINE or %(default)s)")
     bench.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
+    bench.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                       help="Verger's precision; a lower one is judged against the baseline's FP32 features")
     bench.set_defaults(command=command_bench)
 
 
@@ -128,11 +136,12 @@ def command_run(args: argparse.Namespace) -> int:
     from emr_job.weights import resolve_weights
 
     weights = resolve_weights(args.weights)
+    precision = settled_precision(args.engine, args.precision)
     manifest = manifest_for_folder(args.images, args.mode, args.limit)
     blobs.write_bytes(warehouse_path(warehouse_root(args.warehouse), manifest_key(manifest.batch_id)),
                       manifest.to_json().encode())
     settings = JobSettings(warehouse=args.warehouse, weights_path=weights, variance=args.variance,
-                           engine=args.engine)
+                           engine=args.engine, precision=precision)
     report = run_manifest(get_session("verger-run"), manifest, settings)
     print(json.dumps(report, indent=1))
     return 0
@@ -183,6 +192,19 @@ def command_bench_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def settled_precision(engine: str, requested: str) -> str:
+    """fp32 or bf16 for this batch, checked against the engine; the choice goes to stderr."""
+    import sys
+
+    from emr_job.engines import check_precision
+    from emr_job.engines.precision import choose_here
+
+    choice = choose_here(requested)
+    check_precision(engine, choice.precision)
+    print(f"verger: precision {choice.precision} ({choice.reason})", file=sys.stderr)
+    return choice.precision
+
+
 def command_export(args: argparse.Namespace) -> int:
     from emr_job.readers import export
     from emr_job.session import get_session
@@ -198,7 +220,8 @@ def command_bench(args: argparse.Namespace) -> int:
 
     if not os.path.isfile(args.baseline):
         raise FileNotFoundError(f"baseline script not found: {args.baseline} (pass --baseline)")
-    for line in bench(args.images, resolve_weights(args.weights), args.baseline, args.limit, args.engine):
+    lines = bench(args.images, resolve_weights(args.weights), args.baseline, args.limit, args.engine, args.precision)
+    for line in lines:
         print(line, flush=True)
     return 0
 

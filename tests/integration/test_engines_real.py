@@ -1,4 +1,4 @@
-"""The ONNX engine gives the Keras reference's features on real photos with the genuine weights."""
+"""The ONNX Runtime and OpenVINO engines give the Keras reference's features on real photos (bf16: close)."""
 from __future__ import annotations
 
 import os
@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from emr_job.engines import load_extractor
+from emr_job.engines.precision import choose_precision, cpu_flags
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +67,43 @@ def test_onnx_engine_reloads_from_the_cache_in_a_new_process_with_the_same_featu
     # THEN exactly one model file is cached and it gives identical features
     assert cached == [os.path.basename(path)]
     np.testing.assert_array_equal(again, first)
+
+
+def cosine_rows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    return (first * second).sum(axis=1) / (np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1))
+
+
+def test_openvino_fp32_features_equal_the_keras_reference_on_real_photos(photos):
+    # GIVEN 64 real photos and the genuine weights
+    # WHEN the Keras reference and OpenVINO at fp32 (the default engine and precision) extract features
+    reference = load_extractor(WEIGHTS, "keras", threads=2)(photos)  # (64, 1280)
+    openvino = load_extractor(WEIGHTS, "openvino", threads=2, precision="fp32")(photos)  # (64, 1280)
+    # THEN the feature contract holds: cosine >= 0.9999 and max abs diff <= 1e-3 for every photo
+    assert cosine_rows(reference, openvino).min() >= 0.9999
+    assert np.abs(reference - openvino).max() <= 1e-3
+
+
+def test_openvino_bf16_stays_close_to_fp32_where_the_cpu_computes_bf16(photos):
+    # GIVEN a CPU with native bf16 (otherwise there is nothing to measure: bf16 would be refused)
+    try:
+        choose_precision("bf16", cpu_flags())
+    except ValueError as refused:
+        pytest.skip(f"no native bf16 on this CPU ({refused}); the selection is unit-tested")
+    # WHEN OpenVINO extracts the same photos at fp32 and at bf16
+    fp32 = load_extractor(WEIGHTS, "openvino", threads=2, precision="fp32")(photos)  # (64, 1280)
+    bf16 = load_extractor(WEIGHTS, "openvino", threads=2, precision="bf16")(photos)  # (64, 1280)
+    # THEN bf16 really ran (features differ) yet stays close: mean cosine >= 0.97, worst >= 0.9,
+    # and every photo's nearest other photo by fp32 features keeps its label under bf16
+    cosine = cosine_rows(fp32, bf16)
+    assert not np.array_equal(fp32, bf16)
+    assert cosine.mean() >= 0.97 and cosine.min() >= 0.9, (cosine.mean(), cosine.min())
+    labels = np.repeat(np.arange(CLASSES), PER_CLASS)
+    agree = nearest_label(fp32, labels) == nearest_label(bf16, labels)
+    assert np.mean(agree) >= 0.95
+
+
+def nearest_label(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    return labels[similarity.argmax(axis=1)]
