@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from functions import clients
 from verger.demo.fast_sqs import fast_sqs
 from verger.template import Resolver, function_environment, load_template, resource_properties
 
@@ -65,7 +67,9 @@ def free_port() -> int:
 def moto_server() -> Iterator[str]:
     """moto's server on a free loopback port, with dummy credentials; yields its endpoint URL.
 
-    Everything boto3 creates inside the block (here and in child processes) talks to it.
+    Everything boto3 creates inside the block (here and in child processes) talks to it. moto
+    keeps its state per process, so each server starts empty (another stack of the same process
+    would otherwise still be there).
     """
     from moto.server import ThreadedMotoServer
 
@@ -75,6 +79,8 @@ def moto_server() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     with patched_environ({**DUMMY_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}), complete_notifications(), fast_sqs():
         server.start()
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30)
+        clients.client.cache_clear()  # the handler's cached clients point at the previous server
         try:
             yield endpoint
         finally:
