@@ -286,6 +286,9 @@ def headline(fit, reference: ReferenceRun | None) -> str:
         lines.append(f"A Spark step costs about {fit.fixed_s:.1f} s whatever its size, then "
                      f"{fit.per_image_s * 1000:.2f} ms per image: {fit.steady_rate:.1f} img/s once start-up "
                      f"is paid (fitted over {fit.steps} steps).")
+    else:
+        lines.append("These steps' sizes and times do not separate a fixed cost from a cost per image "
+                     "(too few, or too alike, to fit a line with a positive slope).")
     return "".join(f"<p>{line}</p>" for line in lines)
 
 

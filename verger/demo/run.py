@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 from contract.layout import RAW_PREFIX
 from verger import embedded
+from verger.bench import link_images
 from verger.demo.console import LOGS_DIR, SPARK_LOG4J, Console, quiet_logs
 from verger.demo.plan import Plan, PlanError, plan_phases
 
@@ -324,15 +325,13 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
 
 
 def time_reference_run(options: DemoOptions, plan: Plan, phases: list[Phase], console: Console) -> Reference:
-    """`verger run` on the two waves' photos (a folder of links to them), as a user would type it, timed.
+    """`verger run` on the two waves' photos (a folder of hard links to them), as a user would type it, timed.
 
     The inbox phase is left out of both sides: its step exists to show suggestions, not speed.
     """
     root = options.warehouse / REFERENCE_DIR
     photos = [*plan.first_wave, *plan.second_wave]
-    for key in photos:
-        (root / "photos" / key).parent.mkdir(parents=True, exist_ok=True)
-        (root / "photos" / key).symlink_to(options.images / key)
+    link_images(str(options.images), photos, root / "photos")
     command = [sys.executable, "-m", "verger.cli", "run", "--images", str(root / "photos"),
                "--warehouse", str(root / "warehouse"), "--weights", options.weights]
     log = (console.logs / "reference-run.log") if console.logs else None
