@@ -54,12 +54,21 @@ def erasure_filter(gone: list[str], keep: dict[str, str]):
     >>> str(erasure_filter([], {}))
     'AlwaysFalse()'
     """
-    from pyiceberg.expressions import And, EqualTo, NotEqualTo, Or
+    from pyiceberg.expressions import And, EqualTo, NotEqualTo
 
-    condition = store.keys_filter(gone)
-    for key, etag in sorted(keep.items()):
-        condition = Or(condition, And(EqualTo("image_key", key), NotEqualTo("etag", etag)))
-    return condition
+    others = [And(EqualTo("image_key", key), NotEqualTo("etag", etag)) for key, etag in sorted(keep.items())]
+    return any_of([store.keys_filter(gone), *others])
+
+
+def any_of(conditions: list):
+    """`Or` of the conditions as a balanced tree: pyiceberg binds expressions recursively, and a
+    chain of one `Or` per key overflows Python's stack at a few hundred keys."""
+    from pyiceberg.expressions import Or
+
+    if len(conditions) == 1:
+        return conditions[0]
+    middle = len(conditions) // 2
+    return Or(any_of(conditions[:middle]), any_of(conditions[middle:]))
 
 
 def citing_photos(spark: SparkSession, catalog, keys: list[str]) -> list[str]:

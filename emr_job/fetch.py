@@ -5,7 +5,6 @@ Spark here has no S3A connector, and boto3 reads real S3 and moto's server alike
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -13,6 +12,7 @@ from typing import Iterable, Iterator
 from urllib.parse import unquote, urlparse
 
 from contract.layout import key_problem
+from emr_job.folders import resolved_path
 from emr_job.images import Reason, Rejected
 
 CONCURRENT_GETS = 16
@@ -112,8 +112,8 @@ def get_object(client, bucket: str, key: str, etag: str) -> Fetched:
 
 def read_local(root: str, key: str) -> Fetched:
     """The file's bytes, once its real path (symbolic links resolved) is known to lie in `root`."""
-    path = os.path.realpath(os.path.join(root, key))
-    if not path.startswith(os.path.join(os.path.realpath(root), "")):
+    path, inside = resolved_path(root, key)
+    if not inside:
         return Fetched(key, Rejected(Reason.OUTSIDE_SOURCE, f"{key!r} resolves to {path}, outside the source folder {root}"))
     try:
         with open(path, "rb") as handle:

@@ -29,10 +29,16 @@ def manifest_for_folder(images_dir: str, mode: str = "incremental", limit: int |
 def folder_item(root: str, key: str) -> ManifestItem:
     """The item for one file; a symbolic link leading outside the folder is never read: its etag
     names where it leads, and the job quarantines it (`outside_source`)."""
-    real = os.path.realpath(os.path.join(root, key))
-    if not real.startswith(os.path.join(os.path.realpath(root), "")):
+    real, inside = resolved_path(root, key)
+    if not inside:
         return ManifestItem(key=key, etag=hashlib.md5(f"outside:{real}".encode(), usedforsecurity=False).hexdigest())
     return ManifestItem(key=key, etag=file_md5(real), size=os.path.getsize(real))
+
+
+def resolved_path(root: str, key: str) -> tuple[str, bool]:
+    """The key's real path (symbolic links resolved), and whether it lies inside `root`."""
+    real = os.path.realpath(os.path.join(root, key))
+    return real, real.startswith(os.path.join(os.path.realpath(root), ""))
 
 
 def list_image_keys(root: str) -> list[str]:

@@ -22,13 +22,12 @@ from emr_job.engines import load_extractor
 from emr_job.erasure import erase, erase_removed, erasure_filter
 from emr_job.extract import OUTPUT_SCHEMA, extract_partitions
 from emr_job.images import Reason
-from emr_job.listing import list_source
+from emr_job.listing import LISTING_SCHEMA, list_source
 from emr_job.projections import apply_pca
 from emr_job.readers import current_features, current_versions, table_rows
 from emr_job.settings import JobSettings
 from emr_job.suggest import suggest_for_batch
 
-ITEM_SCHEMA = "image_key string, etag string, label string, size long"
 ROWS_PER_PARTITION = 256
 TRANSIENT_REASONS = (Reason.FETCH_FAILED,)
 DERIVED_TABLES = (layout.PROJECTIONS_TABLE, layout.QUARANTINE_TABLE, layout.SUGGESTIONS_TABLE)
@@ -67,10 +66,11 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
     began = time.perf_counter()
     report["pca"] = apply_pca(spark, catalog, manifest, settings, batch.keys)
     report["seconds"]["pca"] = round(time.perf_counter() - began, 3)
-    unsuggested = unsuggested_rows(spark, catalog, batch.keys)
+    unsuggested = unsuggested_rows(spark, catalog, batch.keys).persist(StorageLevel.MEMORY_AND_DISK)
     if not unsuggested.isEmpty():
         report["suggestions"] = suggest_for_batch(spark, catalog, settings.warehouse, manifest.source,
                                                   manifest.batch_id, unsuggested)
+    unsuggested.unpersist()
 
     total = time.perf_counter() - started
     report["seconds"]["total"] = round(total, 3)
@@ -110,11 +110,14 @@ def plan_batch(spark: SparkSession, catalog, manifest: Manifest, ingested_at: st
     else:
         added = [item for item in manifest.items if not item.removed]
         candidates = spark.createDataFrame(
-            [(item.key, item.etag, layout.label_of(item.key), item.size) for item in added], ITEM_SCHEMA
+            [(item.key, item.etag, layout.label_of(item.key), item.size) for item in added], LISTING_SCHEMA
         )
         keys = sorted({item.key for item in added})
-    stored = current_versions(spark, catalog, keys).select("image_key", F.col("etag").alias("stored_etag"))
-    with_stored = candidates.join(stored, "image_key", "left")
+    # read once: the counts below and a sweep's search for absent photos all use it
+    stored = (current_versions(spark, catalog, keys)
+              .select("image_key", F.col("etag").alias("stored_etag"), "ingested_at")
+              .persist(StorageLevel.MEMORY_AND_DISK))
+    with_stored = candidates.join(stored.drop("ingested_at"), "image_key", "left")
     if manifest.mode == "full":
         fresh = todo = with_stored
     else:
@@ -128,10 +131,11 @@ def plan_batch(spark: SparkSession, catalog, manifest: Manifest, ingested_at: st
     if manifest.mode == "sweep":
         # Lost ObjectRemoved events: stored photos the bucket no longer holds (rows committed after
         # this listing began are younger than `ingested_at` and stay).
-        older = current_versions(spark, catalog).where(F.col("ingested_at") < ingested_at)
+        older = stored.where(F.col("ingested_at") < ingested_at)
         gone = older.join(candidates.select("image_key"), "image_key", "left_anti").select("image_key")
         absent = [row.image_key for row in gone.collect()]
     candidates.unpersist()
+    stored.unpersist()
     counts = {"in_manifest": in_manifest, "already_present": in_manifest - fresh_count,
               "already_quarantined": fresh_count - todo_count}
     return Batch(todo, todo_count, counts, keys, absent)
@@ -149,7 +153,8 @@ def replaced_versions(batch: Batch, transient: list[str]) -> dict[str, str]:
     """key → new etag, for the keys this batch re-extracted over a stored older version (those
     whose fetch failed transiently keep their old version)."""
     rows = batch.todo.where(F.col("stored_etag").isNotNull()).select("image_key", "etag").collect()
-    return {row.image_key: row.etag for row in rows if row.image_key not in set(transient)}
+    kept = set(transient)
+    return {row.image_key: row.etag for row in rows if row.image_key not in kept}
 
 
 def features_delete_filter(manifest: Manifest, replaced: dict[str, str], transient: list[str], ingested_at: str):
@@ -221,8 +226,9 @@ def extract_and_commit(spark, catalog, manifest, batch: Batch, settings, ingeste
     replaced = replaced_versions(batch, transient) if manifest.mode != "full" else {}
     store.commit_files(catalog, layout.QUARANTINE_TABLE, quarantine_files, manifest.batch_id)
     if replaced:  # superseded versions leave the derived tables before the features commit makes the batch final
+        superseded = erasure_filter([], replaced)
         for name in DERIVED_TABLES:
-            store.commit_files(catalog, name, [], manifest.batch_id, delete_filter=erasure_filter([], replaced))
+            store.commit_files(catalog, name, [], manifest.batch_id, delete_filter=superseded)
     store.commit_files(catalog, layout.FEATURES_TABLE, feature_files, manifest.batch_id,
                        delete_filter=features_delete_filter(manifest, replaced, transient, ingested_at))
     extracted.unpersist()

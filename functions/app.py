@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -52,9 +51,7 @@ def recover(kind: EventKind, event: dict[str, Any], settings: Settings, s3: Any,
     """Failed runs, re-runs and the reconcile schedule (see `functions.recovery`)."""
     sns = clients.client("sns")
     if kind is EventKind.RECONCILE:
-        # Scheduler fills in its scheduled time; a person's manual reconcile gets the current second.
-        scheduled = str(event.get("scheduled_time") or datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        result = recovery.reconcile(settings, s3, launcher, sns, scheduled)
+        result = recovery.reconcile(settings, s3, launcher, sns, event.get("scheduled_time"))
         telemetry.publish_reconciliation(metrics, result)
         return result.as_dict()
     if kind is EventKind.RERUN:

@@ -75,11 +75,11 @@ def incremental_manifests(
     ]
 
 
-def full_manifest(bucket: str, nonce: str) -> Manifest:
-    """An item-less `full` manifest: the job lists raw/ and inbox/ itself, distributed (a
-    million-item listing fits neither this function's memory nor its time). `nonce` (the
-    request's time) keeps two requests apart."""
-    return build_manifest("full", f"s3://{bucket}", [], nonce=nonce)
+def listing_manifest(mode: str, bucket: str, nonce: str) -> Manifest:
+    """An item-less `full` or `sweep` manifest: the job lists raw/ and inbox/ itself, distributed
+    (a million-item listing fits neither this function's memory nor its time). `nonce` (the
+    request's or the schedule's time) keeps two requests apart."""
+    return build_manifest(mode, f"s3://{bucket}", [], nonce=nonce)
 
 
 def manifest_uri(bucket: str, batch_id: str) -> str:

@@ -19,7 +19,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from functions.batching import CONDITION_FAILED
-from functions.serverless_job import JOB_PYTHON
+from functions.serverless_job import JOB_PYTHON, catalog_environment
 from functions.settings import SettingsError
 
 # Clusters that take steps, or will: an ending cluster (TERMINATING) accepts none.
@@ -145,12 +145,7 @@ def spark_configurations(region: str) -> list[dict[str, Any]]:
     In cluster deploy mode the driver runs in a YARN container, which does not read spark-env.sh:
     the same settings go to the application master and executors through spark-defaults.
     """
-    catalog = {
-        "PYICEBERG_CATALOG__VERGER__TYPE": "glue",
-        "PYICEBERG_CATALOG__VERGER__GLUE__REGION": region,
-        "PYICEBERG_CATALOG__VERGER__S3__REGION": region,
-        "AWS_DEFAULT_REGION": region,
-    }
+    catalog = catalog_environment(region)
     return [
         {"Classification": "spark-env", "Configurations": [
             {"Classification": "export", "Properties": {

@@ -15,10 +15,9 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 
 from contract.layout import MANIFEST_PREFIX, REPORTS_DIR, manifest_key
-from contract.manifest import build_manifest
 from functions import attempts
 from functions.attempts import RunFailure
-from functions.batching import manifest_uri, object_exists
+from functions.batching import listing_manifest, manifest_uri, object_exists
 from functions.launchers import Launcher, local_warehouse_dir
 from functions.settings import Settings
 from functions.trigger import launch_attempt, submit_manifest
@@ -73,13 +72,15 @@ def rerun(batch_id: str, settings: Settings, s3: Any, launcher: Launcher) -> Ret
     return RetryOutcome(batch_id, "relaunched", attempt)
 
 
-def alert_exhausted(batch_id: str, settings: Settings, s3: Any, sns: Any) -> bool:
+def alert_exhausted(batch_id: str, settings: Settings, s3: Any, sns: Any,
+                    found: attempts.AttemptHistory | None = None) -> bool:
     """One SNS message per exhausted batch; True if this call sent it.
 
     The claim (a conditional create) comes first so that concurrent duplicates send one message;
-    a failed publish gives the claim back, so that the event's retry sends it.
+    a failed publish gives the claim back, so that the event's retry sends it. `found` is the
+    batch's attempt history when the caller has just read it.
     """
-    found = attempts.history(s3, settings.bucket, batch_id)
+    found = found or attempts.history(s3, settings.bucket, batch_id)
     if not attempts.claim_exhausted(s3, settings.bucket, batch_id, found.last):
         return False
     if settings.alert_topic_arn is None:
@@ -127,15 +128,18 @@ class Reconciliation:
 
 
 def reconcile(
-    settings: Settings, s3: Any, launcher: Launcher, sns: Any, scheduled_time: str, now: datetime | None = None
+    settings: Settings, s3: Any, launcher: Launcher, sns: Any, scheduled_time: str | None,
+    now: datetime | None = None,
 ) -> Reconciliation:
     """Relaunch every manifest older than the grace period with no report and no live run, then
     submit a sweep batch that finds photos whose notification was lost.
 
     `scheduled_time` (Scheduler's `<aws.scheduler.scheduled-time>`) is the sweep's nonce, so a
-    schedule delivered twice submits one sweep.
+    schedule delivered twice submits one sweep; a person's manual reconcile (no scheduled time)
+    gets the current second.
     """
     now = now or datetime.now(timezone.utc)
+    scheduled_time = scheduled_time or now.isoformat(timespec="seconds")
     result = Reconciliation()
     done = reported_batches(s3, settings.warehouse_uri)
     result.pending = [batch_id for batch_id, written in manifests(s3, settings.bucket)
@@ -149,12 +153,12 @@ def reconcile(
         if found.exhausted:
             result.exhausted.append(batch_id)
         elif found.last >= settings.max_attempts:
-            alert_exhausted(batch_id, settings, s3, sns)
+            alert_exhausted(batch_id, settings, s3, sns, found)
             result.exhausted.append(batch_id)
         else:
             launch_attempt(batch_id, settings, s3, launcher, found.last + 1)
             result.relaunched.append(batch_id)
-    sweep = build_manifest("sweep", f"s3://{settings.bucket}", [], nonce=scheduled_time)
+    sweep = listing_manifest("sweep", settings.bucket, scheduled_time)
     result.sweep_batch_id = submit_manifest(sweep, settings, s3, launcher).batch_id
     logger.info("reconciled", extra=result.as_dict())
     return result

@@ -1,7 +1,7 @@
 """The body of an EMR Serverless job run: what the EMR cluster gets from its configurations.
 
-A cluster gets the job's Python and the pyiceberg catalog from template.yaml's `spark-env` and
-`spark-defaults` classifications, and its sizes from the instance type. EMR Serverless has
+A cluster gets the job's Python and the pyiceberg catalog from the `spark-env` and `spark-defaults`
+classifications of its definition (functions/cluster.py), and its sizes from the instance type. EMR Serverless has
 neither: the Python 3.11 venv comes with the custom image (bootstrap/Dockerfile builds it at the
 path the bootstrap action uses on cluster nodes), and every setting rides on each request.
 tests/unit/functions/test_serverless_job.py compares these with the cluster's, so the two paths
@@ -55,16 +55,23 @@ class WorkerSizes:
         }
 
 
-def job_environment(region: str) -> dict[str, str]:
-    """Environment variables the job's driver and executors need."""
+def catalog_environment(region: str) -> dict[str, str]:
+    """What lets pyiceberg find the Glue catalog the job commits to (cluster and job runs alike)."""
     catalog = f"PYICEBERG_CATALOG__{CATALOG_NAME.upper()}"
     return {
-        "PYSPARK_PYTHON": JOB_PYTHON,
-        "PYSPARK_DRIVER_PYTHON": JOB_PYTHON,
         f"{catalog}__TYPE": "glue",
         f"{catalog}__GLUE__REGION": region,
         f"{catalog}__S3__REGION": region,
         "AWS_DEFAULT_REGION": region,
+    }
+
+
+def job_environment(region: str) -> dict[str, str]:
+    """Environment variables the job's driver and executors need."""
+    return {
+        "PYSPARK_PYTHON": JOB_PYTHON,
+        "PYSPARK_DRIVER_PYTHON": JOB_PYTHON,
+        **catalog_environment(region),
         "VERGER_CACHE_DIR": MODEL_CACHE_DIR,
     }
 

@@ -17,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from contract.layout import step_arguments
 from contract.manifest import Manifest
 from functions import attempts
-from functions.batching import full_manifest, incremental_manifests, manifest_uri, write_manifest
+from functions.batching import incremental_manifests, listing_manifest, manifest_uri, write_manifest
 from functions.events import (
     DropReason,
     MalformedMessage,
@@ -143,7 +143,7 @@ def submit_notifications(
 def full_recompute(settings: Settings, s3: Any, launcher: Launcher) -> Submission:
     """One item-less `full` manifest (the job lists raw/ and inbox/ itself), and its job."""
     nonce = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-    return submit_manifest(full_manifest(settings.bucket, nonce), settings, s3, launcher)
+    return submit_manifest(listing_manifest("full", settings.bucket, nonce), settings, s3, launcher)
 
 
 @tracer.capture_method

@@ -106,16 +106,15 @@ def run_sampled(command: list[str], env: dict[str, str], interval: float = 0.25)
 def is_python_worker(process: psutil.Process) -> bool:
     """PySpark's daemon and the workers it forks (the driver's own Python is not one)."""
     try:
-        return any("pyspark.daemon" in part or "pyspark/daemon.py" in part for part in process.cmdline()) or (
-            process.parent() is not None and is_daemon(process.parent())
-        )
+        parent = process.parent()
     except psutil.Error:
         return False
+    return is_daemon(process) or (parent is not None and is_daemon(parent))
 
 
 def is_daemon(process: psutil.Process) -> bool:
     try:
-        return any("pyspark.daemon" in part for part in process.cmdline())
+        return any("pyspark.daemon" in part or "pyspark/daemon.py" in part for part in process.cmdline())
     except psutil.Error:
         return False
 

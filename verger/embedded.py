@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from functions import clients
-from verger.demo.fast_sqs import fast_sqs
+from verger.moto_sqs import fast_sqs
 from verger.template import Resolver, function_environment, load_template, resource_properties
 
 REGION = "eu-west-3"
@@ -262,8 +262,9 @@ def drain_queue(
     receives. A handler that raises fails the whole batch: nothing is deleted and the error
     propagates.
 
-    While the handler runs (locally: its Spark step), the next batch is gathered and the last one's
-    messages deleted in the background, as Lambda's pollers keep reading while a function works.
+    While the handler runs (locally: its Spark step), the next batch is gathered in the background,
+    as Lambda's pollers keep reading while a function works; the handled batch's messages are then
+    deleted on the same poller thread, after that gathering.
     """
     invocations = []
     with ThreadPoolExecutor(1, thread_name_prefix="sqs-poller") as poller:

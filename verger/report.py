@@ -250,7 +250,7 @@ def write_report(warehouse: Path, phases: list[PhaseRow], images: Path, inbox: d
     figures = {}
     fit = fit_costs(batches) if len(batches) else None
     if len(batches):
-        plot_costs(batches, fit, (reference.images, reference.seconds) if reference else None, out / "costs.png")
+        save(plot_costs(batches, fit, (reference.images, reference.seconds) if reference else None), out / "costs.png")
         figures["Fixed and per-image cost of a step"] = "costs.png"
         save(plot_batches(batches), out / "batches.png")
         figures["Images per batch"] = "batches.png"

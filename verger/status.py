@@ -38,10 +38,12 @@ def collect_status(warehouse: str, bucket: str | None, dead_letter_queue: str | 
     import boto3
 
     from emr_job.store import is_local, warehouse_root
+    from functions.recovery import manifests, reported_batches
 
     s3 = boto3.client("s3") if bucket or not is_local(warehouse) else None
-    done = _reported(s3, warehouse_root(warehouse) if is_local(warehouse) else warehouse)
-    written = _bucket_manifests(s3, bucket) if bucket else local_manifests(warehouse_root(warehouse))
+    done = reported_batches(s3, warehouse_root(warehouse))
+    written = ([batch_id for batch_id, _ in manifests(s3, bucket)] if bucket
+               else local_manifests(warehouse_root(warehouse)))
     pending = sorted(set(written) - done)
     return {
         "batches_done": len(done),
@@ -62,30 +64,18 @@ def store_rows(warehouse: str) -> dict[str, int]:
     with features (a re-upload adds a row for the same photo; only the key column is read)."""
     import pyarrow.compute as pc
 
-    from emr_job.store import load_table, open_catalog, read_columns
+    from emr_job.store import load_table, open_catalog, read_columns, row_count
 
     catalog = open_catalog(warehouse)
     rows = {}
     for table_name in (FEATURES_TABLE, QUARANTINE_TABLE):
         table = load_table(catalog, table_name)
-        snapshot = table.current_snapshot() if table is not None else None
-        rows[f"{table_name}_rows"] = int(snapshot.summary["total-records"]) if snapshot else 0
+        rows[f"{table_name}_rows"] = row_count(table)
         if table_name == FEATURES_TABLE:
-            keys = read_columns(table, ["image_key"])["image_key"] if snapshot else None
+            has_rows = table is not None and table.current_snapshot() is not None
+            keys = read_columns(table, ["image_key"])["image_key"] if has_rows else None
             rows["photos_stored"] = int(pc.count_distinct(keys).as_py()) if keys is not None else 0
     return rows
-
-
-def _reported(s3: Any, warehouse: str) -> set[str]:
-    from functions.recovery import reported_batches
-
-    return reported_batches(s3, warehouse)
-
-
-def _bucket_manifests(s3: Any, bucket: str) -> list[str]:
-    from functions.recovery import manifests
-
-    return [batch_id for batch_id, _ in manifests(s3, bucket)]
 
 
 def _failed_attempts(s3: Any, bucket: str) -> int:

@@ -28,6 +28,7 @@ from contract import layout
 from emr_job import store
 from emr_job.folders import list_image_keys, sample
 from emr_job.upkeep import Upkeep, maintain
+from verger.bench import link_images
 
 BASE_IMAGES = 200
 NEW_IMAGES = 100
@@ -38,7 +39,9 @@ def bench_store(images: str, weights: str, rows: int, workdir: str) -> Iterator[
     keys = sample(list_image_keys(images), BASE_IMAGES + NEW_IMAGES)
     base, new = keys[::3] + keys[1::3], keys[2::3]
     work = Path(workdir)
-    folders = {"base": link_folder(images, base, work / "base"), "new": link_folder(images, new, work / "new")}
+    for name, chosen in (("base", base), ("new", new)):
+        link_images(images, chosen, work / name)  # hard links: a local source refuses links leading outside it
+    folders = {name: str(work / name) for name in ("base", "new")}
     stores = {"small": str(work / "small"), "big": str(work / "big")}
     for name, warehouse in stores.items():
         child_run(folders["base"], warehouse, weights)
@@ -64,16 +67,6 @@ def bench_store(images: str, weights: str, rows: int, workdir: str) -> Iterator[
         yield (f"maintain {table}: files {outcome['before']['data_files']} -> {outcome['after']['data_files']}, "
                f"snapshots {outcome['before']['snapshots']} -> {outcome['after']['snapshots']}, "
                f"files deleted {outcome['files_deleted']}")
-
-
-def link_folder(images: str, keys: list[str], folder: Path) -> str:
-    """A <Label>/<image> folder of symlinks to `keys`, so a run sees exactly those photos."""
-    for key in keys:
-        target = folder / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
-            target.symlink_to(Path(images, key).resolve())
-    return str(folder)
 
 
 def child_run(images: str, warehouse: str, weights: str) -> tuple[dict, int]:

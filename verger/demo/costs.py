@@ -7,7 +7,6 @@ line fitted through the steps of one demo run: wall seconds = fixed + per_image 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -36,7 +35,7 @@ def fit_costs(batches: pd.DataFrame) -> CostFit | None:
     return CostFit(float(max(fixed, 0.0)), float(per_image), len(steps))
 
 
-def plot_costs(batches: pd.DataFrame, fit: CostFit | None, reference: tuple[int, float] | None, path: Path) -> None:
+def plot_costs(batches: pd.DataFrame, fit: CostFit | None, reference: tuple[int, float] | None):
     """Left: each step's wall split into extraction and the rest. Right: the fitted line."""
     steps = batches[batches["step wall s"].notna()].reset_index(drop=True)
     figure, (split, line) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -67,5 +66,4 @@ def plot_costs(batches: pd.DataFrame, fit: CostFit | None, reference: tuple[int,
     for axes in (split, line):
         axes.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(figure)
+    return figure

@@ -85,8 +85,9 @@ def latest_suggestions(tables: dict) -> pd.DataFrame:
     table = tables.get(layout.SUGGESTIONS_TABLE)
     if table is None:
         return pd.DataFrame()
-    frame = table.scan().to_pandas().sort_values("created_at")
-    return frame.drop_duplicates("image_key", keep="last").sort_values("image_key").reset_index(drop=True)
+    from verger.explore import latest_rows
+
+    return latest_rows(table.scan().to_pandas(), "created_at")
 
 
 def inbox_section(suggestions: pd.DataFrame, thumbs: Thumbnails) -> str:

@@ -9,7 +9,7 @@ import boto3
 
 from contract.manifest import parse_manifest
 from functions.batching import (
-    full_manifest,
+    listing_manifest,
     incremental_manifests,
     latest_per_key,
     pack_by_folder,
@@ -102,8 +102,8 @@ def test_a_manifest_is_written_once_and_a_replay_leaves_it_untouched(bucket):
 
 def test_a_full_manifest_carries_no_items_and_two_requests_get_two_batch_ids():
     # WHEN two full recomputes are requested at different times
-    first = full_manifest(BUCKET, "2026-11-23T10:00:00+00:00")
-    second = full_manifest(BUCKET, "2026-11-23T11:00:00+00:00")
+    first = listing_manifest("full", BUCKET, "2026-11-23T10:00:00+00:00")
+    second = listing_manifest("full", BUCKET, "2026-11-23T11:00:00+00:00")
 
     # THEN neither lists anything (the job lists raw/ and inbox/ itself), and their batch ids differ
     assert first.mode == "full" and first.items == () and first.nonce

@@ -266,7 +266,7 @@ def test_reconcile_tells_the_topic_once_about_a_stale_batch_out_of_attempts(
 def test_a_manual_reconcile_without_a_scheduled_time_still_sweeps_each_time(
     own_cluster_env, alerts, lambda_context, monkeypatch
 ):
-    import functions.app as app
+    import functions.recovery as recovery
 
     # GIVEN a person's {"action": "reconcile"} (no scheduled time), sent twice two seconds apart
     first = handler({"action": "reconcile"}, lambda_context)
@@ -277,7 +277,7 @@ def test_a_manual_reconcile_without_a_scheduled_time_still_sweeps_each_time(
         def now(cls, tz=None):
             return later
 
-    monkeypatch.setattr(app, "datetime", Later)
+    monkeypatch.setattr(recovery, "datetime", Later)
     second = handler({"action": "reconcile"}, lambda_context)
 
     # THEN each gets its own sweep (a constant nonce would make every later sweep a duplicate)

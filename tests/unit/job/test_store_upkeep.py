@@ -156,3 +156,15 @@ def test_a_full_recompute_commit_keeps_younger_rows_and_rows_whose_refetch_faile
     rows = store.read_columns(store.load_table(catalog, layout.FEATURES_TABLE), ["image_key", "batch_id"]).to_pylist()
     assert sorted((row["image_key"], row["batch_id"]) for row in rows) == [
         ("raw/A/1.jpg", "full"), ("raw/A/2.jpg", "old"), ("raw/A/late.jpg", "late")]
+
+
+def test_an_erasure_filter_over_thousands_of_superseded_versions_binds_without_overflowing():
+    # GIVEN a batch that re-uploads 5,000 photos (their old versions must leave every table)
+    from pyiceberg.expressions.visitors import bind
+    from pyiceberg.schema import Schema
+    from pyiceberg.types import NestedField, StringType
+
+    schema = Schema(NestedField(1, "image_key", StringType()), NestedField(2, "etag", StringType()))
+    condition = erasure_filter(["raw/A/gone.jpg"], {f"raw/A/{i}.jpg": "new" for i in range(5000)})
+    # WHEN pyiceberg binds it, as a scan or a delete does  THEN no RecursionError
+    bind(schema, condition, case_sensitive=True)

@@ -1,4 +1,4 @@
-"""Benchmark: moto's SQS as shipped vs patched by `verger.demo.fast_sqs`, side by side.
+"""Benchmark: moto's SQS as shipped vs patched by `verger.moto_sqs`, side by side.
 
 Sends N S3-notification-sized messages, receives them all 10 at a time while they stay in flight
 (as the event source gathers a batch), then deletes them 10 at a time; prints seconds per stage.
@@ -14,7 +14,7 @@ from contextlib import nullcontext
 import boto3
 from moto import mock_aws
 
-from verger.demo.fast_sqs import fast_sqs
+from verger.moto_sqs import fast_sqs
 
 BODY = "x" * 1300  # an S3 notification with the fields real S3 sends
 
@@ -41,7 +41,7 @@ def stages(messages: int) -> dict[str, float]:
 def main() -> None:
     messages = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     results = {}
-    for name, patch in (("moto 5.2.5 as shipped", nullcontext()), ("patched (verger.demo.fast_sqs)", fast_sqs())):
+    for name, patch in (("moto 5.2.5 as shipped", nullcontext()), ("patched (verger.moto_sqs)", fast_sqs())):
         with mock_aws(), patch:
             results[name] = stages(messages)
         print(f"{name:32} " + "  ".join(f"{stage} {s:7.2f} s" for stage, s in results[name].items()), flush=True)

@@ -8,7 +8,7 @@ import boto3
 from moto import mock_aws
 
 from verger.embedded import EventSourceMapping, drain_queue
-from verger.demo.fast_sqs import fast_sqs
+from verger.moto_sqs import fast_sqs
 
 
 def queue(sqs, batch_size: int) -> EventSourceMapping:

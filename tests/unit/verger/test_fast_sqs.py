@@ -6,7 +6,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from verger.demo.fast_sqs import fast_sqs
+from verger.moto_sqs import fast_sqs
 
 
 def scenario() -> dict:
