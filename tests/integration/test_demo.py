@@ -39,8 +39,8 @@ def demo(tmp_path_factory, fruits, weights):
     images = five_class_folder(fruits, tmp_path_factory.mktemp("images"))
     warehouse = tmp_path_factory.mktemp("warehouse")
     endpoint_before = os.environ.get("AWS_ENDPOINT_URL")
-    # GIVEN 150 images over 5 labels: a fifth of each label held back for the second wave, and one
-    # photo of each of 3 labels moved to the inbox
+    # GIVEN 150 images over 5 labels: a fifth of each label held back for the second wave, one
+    # photo of each of 3 labels moved to the inbox, and the first-wave frame next to each deleted later
     options = DemoOptions(images=images, warehouse=warehouse, weights=weights, second_wave_share=0.2)
     # WHEN the demo runs every phase, then `verger run` on the same photos
     result = run_demo(options, Console(open(os.devnull, "w"), None))
@@ -106,18 +106,31 @@ def test_inbox_photos_get_suggestions_that_name_their_label(demo):
     assert page.count("class=hit") >= 2
 
 
+def test_deleted_photos_leave_the_store_in_one_batch_that_extracts_nothing(demo):
+    result, phases, warehouse, _ = demo
+    deletes = phases["deletes"]
+    report = batch_report(warehouse, only_batch(deletes))
+    # THEN the 3 deletions' notifications became one batch that erased exactly those photos
+    assert len(result.plan.deleted) == deletes.records == 3
+    assert report["erasure"]["photos_erased"] == 3 and report["images"]["new"] == 0
+    assert (deletes.feature_rows, deletes.feature_keys) == (147, 147)
+    # and the full recompute that follows lists the bucket: they do not come back
+    stored = set(map_points(warehouse)["image_key"])
+    assert not stored & {f"raw/{key}" for key in result.plan.deleted}
+
+
 def test_full_recompute_reextracts_everything_under_a_new_pca_version(demo):
     _, phases, warehouse, _ = demo
     first_version = batch_report(warehouse, only_batch(phases["wave 1"]))["pca"]["version"]
     recompute = phases["full recompute"]
     report = batch_report(warehouse, only_batch(recompute))
-    # THEN all 150 images were re-extracted in full mode, refitted, and every image is projected
-    assert report["mode"] == "full" and report["images"]["new"] == 150
-    assert report["pca"]["action"] == "refit" and report["pca"]["rows_fitted"] == 150
+    # THEN the 147 photos still in the bucket were re-extracted in full mode, refitted, all projected
+    assert report["mode"] == "full" and report["images"]["new"] == 147
+    assert report["pca"]["action"] == "refit" and report["pca"]["rows_fitted"] == 147
     assert report["pca"]["version"] != first_version
     points = map_points(warehouse)
-    assert len(points) == 150 and set(points["label"]) == {*LABELS, "(no label)"}
-    assert (recompute.feature_rows, recompute.feature_keys) == (150, 150)
+    assert len(points) == 147 and set(points["label"]) == {*LABELS, "(no label)"}
+    assert (recompute.feature_rows, recompute.feature_keys) == (147, 147)
 
 
 def test_verger_run_on_the_same_photos_is_timed_for_comparison(demo):

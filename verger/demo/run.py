@@ -3,7 +3,7 @@
 Photos are uploaded to an embedded S3 API while its notifications reach SQS and the real Lambda
 handler is invoked with SQS batches; its local launcher runs the real Spark job with
 `spark-submit`. Phases: a first wave, a second wave of new photos, a duplicate delivery, photos
-in the inbox getting suggestions, the full recompute; then `verger run` on the same photos for
+in the inbox getting suggestions, photos deleted from the bucket, the full recompute; then `verger run` on the same photos for
 reference, and a report (HTML + PNGs) in the warehouse.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from contract.layout import RAW_PREFIX
 from verger import embedded
 from verger.bench import link_images
 from verger.demo.console import LOGS_DIR, SPARK_LOG4J, Console, quiet_logs
-from verger.demo.plan import Plan, PlanError, plan_phases
+from verger.demo.plan import Plan, PlanError, plan_phases, round_robin
 
 DEFAULT_BUCKET = "verger-demo-photos"
 FULL_RECOMPUTE_EVENT = Path(__file__).resolve().parents[2] / "events" / "full-recompute.json"
@@ -41,6 +41,10 @@ REFERENCE_DIR = "reference-run"
 DEMO_MARKER = ".verger-demo"
 # The event flow may take this much longer than `verger run` on the same photos (issue 13).
 TARGET_RATIO = 1.3
+# One machine runs its steps one after another, each paying JVM start and model load: one step
+# per invocation (Lambda's 6 MB payload holds ~8,300 notifications) rather than the cluster's
+# 5,000-image manifests, which keep a step short and its retry cheap when steps run side by side.
+LOCAL_STACK_PARAMETERS = {"MaxImagesPerManifest": "10000"}
 
 
 class DemoError(RuntimeError):
@@ -91,6 +95,7 @@ class Reference:
 
 @dataclass(frozen=True)
 class DemoResult:
+    plan: Plan
     phases: list[Phase]
     report: Path
     endpoint: str  # of the embedded server, stopped by now
@@ -102,12 +107,14 @@ WAVE_1 = "wave 1"
 WAVE_2 = "wave 2"
 DUPLICATE = "duplicate delivery"
 INBOX = "inbox"
+DELETE = "deletes"
 RECOMPUTE = "full recompute"
 PURPOSES = {
     WAVE_1: "first photos of every label: the first batches and the first PCA",
     WAVE_2: "new photos of every label: only they are extracted, the stored PCA applied, drift measured",
     DUPLICATE: "the last SQS batch of wave 1 delivered again: nothing is redone",
     INBOX: "unlabelled photos under inbox/: each gets label suggestions",
+    DELETE: "photos deleted from the bucket: gone from every table, suggestions citing them redone",
     RECOMPUTE: "the full-recompute event: everything re-extracted, a new PCA version",
 }
 EVENT_FLOW_PHASES = (WAVE_1, WAVE_2)  # they carry every labelled photo of the sample
@@ -213,9 +220,10 @@ class EmbeddedRun:
     def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
         return self.handler(event, embedded.LambdaContext(self.stack.function_name, self.stack.timeout_s))
 
-    def deliver(self, name: str, uploads: list[tuple[Path, str]], bodies: list[str] | None = None
-                ) -> tuple[Phase, list[embedded.Invocation]]:
-        """Upload photos (or send `bodies` again) while the queue is drained through the handler.
+    def deliver(self, name: str, uploads: list[tuple[Path, str]], bodies: list[str] | None = None,
+                deletions: list[str] | None = None) -> tuple[Phase, list[embedded.Invocation]]:
+        """Upload photos (or send `bodies` again, or delete keys) while the queue is drained
+        through the handler.
 
         The bar counts images whose notifications the handler has taken (locally: whose Spark
         step has finished), as the event source would see them go.
@@ -223,10 +231,10 @@ class EmbeddedRun:
         started = time.perf_counter()
         before = manifest_ids(self.s3, self.stack.bucket)
         known, steps, invocations = set(before), {}, 0
-        total = len(uploads) or len(bodies or ())
+        total = len(uploads) or len(bodies or ()) or len(deletions or ())
         stop = threading.Event()  # set when the phase fails or is interrupted: pending uploads are skipped
         with progress(self.screen, name, total) as bar, ThreadPoolExecutor(1) as background:
-            sending: Future = background.submit(self._send, uploads, bodies or [], stop)
+            sending: Future = background.submit(self._send, uploads, bodies or [], deletions or [], stop)
 
             def taken(invocation: embedded.Invocation) -> None:
                 nonlocal known, invocations
@@ -263,11 +271,14 @@ class EmbeddedRun:
         self._count(phase)
         return phase, handled
 
-    def _send(self, uploads: list[tuple[Path, str]], bodies: list[str], stop: threading.Event) -> None:
+    def _send(self, uploads: list[tuple[Path, str]], bodies: list[str], deletions: list[str],
+              stop: threading.Event) -> None:
         if uploads:
             upload_all(self.s3, self.stack.bucket, uploads, stop)
         if bodies:
             embedded.redeliver(self.sqs, self.stack.queue.queue_url, bodies)
+        for key in deletions:
+            self.s3.delete_object(Bucket=self.stack.bucket, Key=key)
 
     def full_recompute(self, photos: int) -> Phase:
         """Invoke the handler with events/full-recompute.json, as `aws lambda invoke` would."""
@@ -299,7 +310,9 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
     say = lambda line: print(line, file=console.screen, flush=True)  # noqa: E731
     plan = plan_for(options)
     options.warehouse.mkdir(parents=True, exist_ok=True)
-    parameters = {} if options.batching_window_s is None else {"BatchingWindowSeconds": str(options.batching_window_s)}
+    parameters = dict(LOCAL_STACK_PARAMETERS)
+    if options.batching_window_s is not None:
+        parameters["BatchingWindowSeconds"] = str(options.batching_window_s)
     ui_port = embedded.free_port()
     phases: list[Phase] = []
     raw = lambda keys: [(options.images / key, f"{RAW_PREFIX}{key}") for key in keys]  # noqa: E731
@@ -312,16 +325,20 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
         with embedded.patched_environ({**local_function_environment(stack, options), **spark_env}):
             run = EmbeddedRun(stack, embedded.load_handler(stack.handler), boto3.client("s3"),
                               boto3.client("sqs"), options, console.screen)
-            first, first_invocations = run.deliver(WAVE_1, raw(plan.first_wave))
+            first, first_invocations = run.deliver(WAVE_1, raw(round_robin(plan.first_wave)))
             phases.append(first)
             phases.append(run.deliver(WAVE_2, raw(plan.second_wave))[0])
             phases.append(run.deliver(DUPLICATE, [], list(first_invocations[-1].bodies))[0])
             inbox = [(options.images / source, key) for key, source in plan.inbox.items()]
             phases.append(run.deliver(INBOX, inbox)[0])
-            phases.append(run.full_recompute(len(plan.all_keys)))
+            if plan.deleted:
+                phases.append(run.deliver(DELETE, [], deletions=[key for _, key in raw(plan.deleted)])[0])
+            else:
+                say("deletes: skipped (no label has two first-wave photos to spare; raise --limit)")
+            phases.append(run.full_recompute(len(plan.all_keys) - len(plan.deleted)))
     reference = time_reference_run(options, plan, phases, console) if options.reference_run else None
     report = write_report(options.warehouse, phases, options.images, plan.inbox, reference)
-    return DemoResult(phases, report, endpoint, reference, console.logs)
+    return DemoResult(plan, phases, report, endpoint, reference, console.logs)
 
 
 def time_reference_run(options: DemoOptions, plan: Plan, phases: list[Phase], console: Console) -> Reference:
@@ -353,7 +370,8 @@ def add_command(subparsers: Any) -> None:
         "demo", help="the whole event-driven flow on one machine, with a report",
         description="Upload photos to an embedded S3 API (moto), let its notifications reach SQS, "
                     "invoke the real Lambda handler per SQS batch and run the real Spark job locally: "
-                    "two waves, a duplicate delivery, inbox photos, a full recompute; then `verger run` "
+                    "two waves, a duplicate delivery, inbox photos, deleted photos, a full recompute; "
+                    "then `verger run` "
                     "on the same photos for comparison, and a report.",
     )
     demo.add_argument("--images", default=os.environ.get(FRUITS_ENV),
@@ -420,14 +438,16 @@ def summary(result: DemoResult, warehouse: Path) -> str:
     """The closing note: one line per phase, the comparison with `verger run`, where things are."""
     from verger.report import batch_report
 
-    header = ("phase", "seconds", "SQS records", "Spark steps", "new", "present", "quarantined", "pca", "store")
+    header = ("phase", "seconds", "SQS records", "Spark steps", "new", "present", "quarantined", "erased", "pca",
+              "store")
     rows = []
     for phase in result.phases:
         reports = [batch_report(warehouse, batch_id) for batch_id in phase.batch_ids]
         images = lambda name: sum(report["images"][name] for report in reports)  # noqa: E731
         pca = ", ".join(dict.fromkeys(f"{r['pca']['action']} k={r['pca'].get('k', '-')}" for r in reports)) or "-"
+        erased = sum(report.get("erasure", {}).get("photos_erased", 0) for report in reports)
         rows.append((phase.name, f"{phase.seconds:.1f}", phase.records, len(phase.batch_ids), images("new"),
-                     images("already_present"), images("quarantined"), pca, f"{phase.feature_keys} images"))
+                     images("already_present"), images("quarantined"), erased, pca, f"{phase.feature_keys} images"))
     table = [tuple(str(cell) for cell in row) for row in [header, *rows]]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in table]

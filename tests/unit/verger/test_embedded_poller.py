@@ -55,3 +55,26 @@ def test_a_batch_closes_before_6_mb_of_records_and_the_rest_is_delivered_next():
         drain_queue(sqs, mapping, lambda event: seen.append(len(event["Records"])) or {})
     # THEN the first invocation holds what fits in 6 MB, the next one the rest
     assert seen == [25, 5]
+
+
+def test_the_embedded_server_routes_requests_without_listing_moto_on_each_one(monkeypatch):
+    from moto import backends
+
+    from verger.embedded import moto_server
+
+    listings = []
+    original = backends.list_of_moto_modules
+    monkeypatch.setattr(backends, "list_of_moto_modules", lambda: listings.append(1) or original())
+    # GIVEN the embedded server; WHEN S3 and SQS requests go through it
+    with moto_server():
+        s3, sqs = boto3.client("s3"), boto3.client("sqs")
+        s3.create_bucket(Bucket="photos", CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+        for n in range(5):
+            s3.put_object(Bucket="photos", Key=f"raw/Kiwi/{n}.jpg", Body=b"jpeg")
+        url = sqs.create_queue(QueueName="uploads")["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody="m")
+        # THEN each was routed to its service, and moto's package was listed once for all of them
+        assert s3.list_objects_v2(Bucket="photos")["KeyCount"] == 5
+        assert len(sqs.receive_message(QueueUrl=url)["Messages"]) == 1
+    assert len(listings) == 1
+    assert backends.list_of_moto_modules is not original  # the test's wrapper is back after the server
