@@ -1,5 +1,6 @@
 """Stage what the cluster needs in the bucket: the job wheel, its entry script, the bootstrap
-action with its lock, the TLS certificates of its nodes, and the model weights with their checksum.
+action with its lock, the notebook server's script, the TLS certificates of its nodes, and the
+model weights with their checksum.
 
     python -m bootstrap.stage --bucket BUCKET [--weights PATH] [--region eu-west-3]
 
@@ -30,6 +31,9 @@ MODELS_PREFIX = "models/"
 STEP_KEY = f"{CODE_PREFIX}step.py"
 BOOTSTRAP_SCRIPT = Path(__file__).resolve().parent / "emr_bootstrap.sh"
 BOOTSTRAP_KEY = f"{CODE_PREFIX}{BOOTSTRAP_SCRIPT.name}"
+# Its bootstrap action and login step, which functions/cluster.py adds with NotebookServer.
+NOTEBOOK_SCRIPT = BOOTSTRAP_SCRIPT.with_name("emr_notebook.sh")
+NOTEBOOK_KEY = f"{CODE_PREFIX}{NOTEBOOK_SCRIPT.name}"
 LOCK_KEY = f"{CODE_PREFIX}{JOB_LOCK.filename}"
 WHEEL_GLOB_PREFIX = f"{CODE_PREFIX}verger-"
 # The zip the stack's EMR security configuration names for in-transit TLS (bootstrap/tls.py).
@@ -93,7 +97,8 @@ def remove_stale_wheels(s3, bucket: str, keep_key: str) -> list[str]:
 
 
 def stage_code(s3, bucket: str, project: Path = REPO_ROOT, isolated: bool = True) -> list[Staged]:
-    """Upload the wheel, `emr_job/step.py`, the bootstrap action and the job lock under code/."""
+    """Upload the wheel, `emr_job/step.py`, the bootstrap action, the job lock and the notebook
+    script under code/."""
     step = project / "emr_job" / "step.py"
     if not step.is_file():
         raise StageError(f"{step} not found: it is the entry script every step runs")
@@ -108,6 +113,7 @@ def stage_code(s3, bucket: str, project: Path = REPO_ROOT, isolated: bool = True
     staged.append(upload(s3, bucket, step, STEP_KEY, "text/x-python"))
     staged.append(upload(s3, bucket, project / "bootstrap" / BOOTSTRAP_SCRIPT.name, BOOTSTRAP_KEY, "text/x-shellscript"))
     staged.append(upload(s3, bucket, lock, LOCK_KEY, "text/plain"))
+    staged.append(upload(s3, bucket, project / "bootstrap" / NOTEBOOK_SCRIPT.name, NOTEBOOK_KEY, "text/x-shellscript"))
     return staged
 
 

@@ -3,7 +3,7 @@
 The template creates no cluster: the trigger creates one when work arrives (and it ends itself
 when idle), from `run_job_flow_request`, the only copy of the cluster's definition. The template
 supplies what varies per deployment (roles, release, sizes, subnet, security configuration and
-groups) through the function's environment; `ClusterSpec` reads it.
+groups, the optional notebook server) through the function's environment; `ClusterSpec` reads it.
 """
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ LEASE_TTL = timedelta(minutes=2)
 LEASE_POLL_S = 2.0
 EXPIRED = datetime(2000, 1, 1, tzinfo=timezone.utc).isoformat()
 STACK_TAG = "verger-stack"
+# The notebook server the template's NotebookServer parameter can add (see `notebook_additions`).
+NOTEBOOK_SERVERS = ("jupyterhub",)
+JUPYTERHUB_PORT = 9443
+NOTEBOOK_SCRIPT = "emr_notebook.sh"
+NOTEBOOK_LOGIN_STEP = "notebook-login"  # not "verger-…": the failed-step rule retries only batches
 
 logger = Logger(child=True)
 
@@ -58,6 +63,7 @@ class ClusterSpec:
     master_security_group: str | None = None
     worker_security_group: str | None = None
     service_access_security_group: str | None = None
+    notebook_server: str | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> ClusterSpec:
@@ -69,6 +75,9 @@ class ClusterSpec:
                 raise SettingsError(f"VERGER_CLUSTER_{name} is required to create the stack's EMR cluster")
             return value or None
 
+        notebook = get("NOTEBOOK", required=False)
+        if notebook and notebook not in NOTEBOOK_SERVERS:
+            raise SettingsError(f"VERGER_CLUSTER_NOTEBOOK={notebook!r}: expected empty or one of {', '.join(NOTEBOOK_SERVERS)}")
         try:
             core_count, idle = int(str(get("CORE_COUNT"))), int(str(get("IDLE_TIMEOUT")))
         except ValueError:
@@ -84,6 +93,7 @@ class ClusterSpec:
             master_security_group=get("MASTER_SG", required=False),
             worker_security_group=get("WORKER_SG", required=False),
             service_access_security_group=get("SERVICE_ACCESS_SG", required=False),
+            notebook_server=notebook,
         )
 
 
@@ -93,7 +103,8 @@ def run_job_flow_request(spec: ClusterSpec) -> dict[str, Any]:
     Three nodes by default, Spot optional for core nodes only (the primary must not vanish),
     steps one at a time (a second Spark job on three nodes would only halve the first), the
     bootstrap action that builds the job's Python 3.11 venv, and an idle auto-termination policy
-    so that a cluster costs nothing once the work is done.
+    so that a cluster costs nothing once the work is done. With a notebook server, also what
+    `notebook_additions` adds.
     """
     code = f"s3://{spec.bucket}/code/"
     instances: dict[str, Any] = {
@@ -113,7 +124,7 @@ def run_job_flow_request(spec: ClusterSpec) -> dict[str, Any]:
                               ("ServiceAccessSecurityGroup", spec.service_access_security_group)):
         if value:
             instances[field_name] = value
-    return {
+    request: dict[str, Any] = {
         "Name": spec.name,
         "ReleaseLabel": spec.release_label,
         "Applications": [{"Name": "Spark"}],
@@ -137,6 +148,50 @@ def run_job_flow_request(spec: ClusterSpec) -> dict[str, Any]:
             {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"},
         ],
     }
+    if spec.notebook_server:
+        for field_name, added in notebook_additions(spec).items():
+            request[field_name] = [*request.get(field_name, []), *added]
+    return request
+
+
+def notebook_password_parameter(stack: str) -> str:
+    """The SecureString parameter holding the notebook login of the stack's current cluster."""
+    return f"/verger/{stack}/notebook-password"
+
+
+def notebook_additions(spec: ClusterSpec) -> dict[str, list[dict[str, Any]]]:
+    """What the notebook server adds to the cluster: JupyterHub (with Livy, which its Sparkmagic
+    kernels talk to), the SSM agent for port forwarding, a login nobody else knows, and kernels
+    whose Spark sessions run the job's Python with the job's catalog.
+
+    No port is opened: users reach 9443 on the primary node through an SSM port-forwarding
+    session (`verger notebook`), which the agent makes from the inside.
+    """
+    code = f"s3://{spec.bucket}/code/"
+    script = f"{code}{NOTEBOOK_SCRIPT}"
+    return {
+        "Applications": [{"Name": "Livy"}, {"Name": "JupyterHub"}],
+        "BootstrapActions": [
+            {"Name": "verger-ssm-agent", "ScriptBootstrapAction": {"Path": script, "Args": ["agent"]}},
+        ],
+        "Steps": [{
+            "Name": NOTEBOOK_LOGIN_STEP,
+            # A notebook that cannot start must not cost the batches their cluster.
+            "ActionOnFailure": "CONTINUE",
+            "HadoopJarStep": {
+                "Jar": f"s3://{spec.region}.elasticmapreduce/libs/script-runner/script-runner.jar",
+                "Args": [script, "login", notebook_password_parameter(spec.stack), spec.region],
+            },
+        }],
+        "Configurations": [
+            # Notebooks outlive the cluster (it ends itself when idle): saved under jupyter/<user>/.
+            {"Classification": "jupyter-s3-conf", "Properties": {
+                "s3.persistence.enabled": "true", "s3.persistence.bucket": spec.bucket}},
+            # Sparkmagic's config.json takes nested values as JSON text.
+            {"Classification": "jupyter-sparkmagic-conf", "Properties": {
+                "session_configs": json.dumps({"conf": spark_defaults(spec.region)}, sort_keys=True)}},
+        ],
+    }
 
 
 def spark_configurations(region: str) -> list[dict[str, Any]]:
@@ -151,13 +206,18 @@ def spark_configurations(region: str) -> list[dict[str, Any]]:
             {"Classification": "export", "Properties": {
                 "PYSPARK_PYTHON": JOB_PYTHON, "PYSPARK_DRIVER_PYTHON": JOB_PYTHON, **catalog}},
         ]},
-        {"Classification": "spark-defaults", "Properties": {
-            "spark.pyspark.python": JOB_PYTHON,
-            "spark.pyspark.driver.python": JOB_PYTHON,
-            **{f"spark.yarn.appMasterEnv.{name}": value for name, value in catalog.items()},
-            "spark.executorEnv.AWS_DEFAULT_REGION": region,
-        }},
+        {"Classification": "spark-defaults", "Properties": spark_defaults(region)},
     ]
+
+
+def spark_defaults(region: str) -> dict[str, str]:
+    """The job's Python and catalog for a YARN driver (steps, and Livy's notebook sessions alike)."""
+    return {
+        "spark.pyspark.python": JOB_PYTHON,
+        "spark.pyspark.driver.python": JOB_PYTHON,
+        **{f"spark.yarn.appMasterEnv.{name}": value for name, value in catalog_environment(region).items()},
+        "spark.executorEnv.AWS_DEFAULT_REGION": region,
+    }
 
 
 def find_live_cluster(emr: Any, name: str) -> str | None:

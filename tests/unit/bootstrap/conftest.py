@@ -21,7 +21,8 @@ def project(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "contract", root / "contract", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "emr_job" / "__init__.py").write_text("")
     (root / "emr_job" / "step.py").write_text("print('the job entry script')\n")
-    shutil.copy(REPO / "bootstrap" / "emr_bootstrap.sh", root / "bootstrap" / "emr_bootstrap.sh")
+    for script in ("emr_bootstrap.sh", "emr_notebook.sh"):
+        shutil.copy(REPO / "bootstrap" / script, root / "bootstrap" / script)
     shutil.copy(JOB_LOCK.path, root / "bootstrap" / JOB_LOCK.filename)
     (root / "pyproject.toml").write_text(textwrap.dedent("""\
         [build-system]

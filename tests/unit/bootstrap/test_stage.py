@@ -32,14 +32,15 @@ def body(s3, key: str) -> bytes:
     return s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
 
 
-def test_staging_code_uploads_wheel_step_script_bootstrap_action_and_lock(s3, project):
+def test_staging_code_uploads_wheel_step_script_bootstrap_action_lock_and_notebook_script(s3, project):
     # WHEN the checkout is staged
     stage.stage_code(s3, BUCKET, project, isolated=False)
-    # THEN code/ holds exactly the four artefacts, step.py and the script byte for byte
+    # THEN code/ holds exactly the five artefacts, step.py and the scripts byte for byte
     assert keys(s3) == {"code/verger-0.1.0-py3-none-any.whl", "code/step.py", "code/emr_bootstrap.sh",
-                        "code/requirements-job.txt"}
+                        "code/requirements-job.txt", "code/emr_notebook.sh"}
     assert body(s3, stage.STEP_KEY) == (project / "emr_job" / "step.py").read_bytes()
     assert body(s3, stage.BOOTSTRAP_KEY) == (project / "bootstrap" / "emr_bootstrap.sh").read_bytes()
+    assert body(s3, stage.NOTEBOOK_KEY) == (project / "bootstrap" / "emr_notebook.sh").read_bytes()
 
 
 def test_every_staged_object_carries_the_sha256_of_its_content(s3, project):
@@ -101,7 +102,7 @@ def test_command_line_stages_code_and_weights_and_prints_each_uri(s3, project, t
     printed = capsys.readouterr().out.splitlines()
     assert status == 0
     assert sorted(line.split()[0] for line in printed) == sorted(f"s3://{BUCKET}/{k}" for k in keys(s3))
-    assert len(printed) == 7
+    assert len(printed) == 8
 
 
 def test_tls_certificates_are_staged_once_for_the_region_and_kept_on_the_next_run(s3):
