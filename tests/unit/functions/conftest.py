@@ -168,6 +168,12 @@ def template_env(monkeypatch: pytest.MonkeyPatch, bucket: str, cluster_id: str) 
 
 
 @pytest.fixture
+def own_cluster_refs() -> dict[str, str]:
+    """What the stack would create for its own cluster, to render other parameter choices."""
+    return dict(OWN_CLUSTER_REFS)
+
+
+@pytest.fixture
 def own_cluster_env(monkeypatch: pytest.MonkeyPatch, bucket: str) -> dict[str, str]:
     """The default deployment (Launcher=emr, no ExistingClusterId): the trigger creates the cluster."""
     environment = function_environment({"BucketName": bucket, **OWN_CLUSTER_REFS})

@@ -1,6 +1,7 @@
 """The stack's cluster: one definition, found by exact name, created once under an S3 lease."""
 from __future__ import annotations
 
+import json
 import re
 import threading
 from pathlib import Path
@@ -15,13 +16,17 @@ from bootstrap import stage
 from contract.layout import step_arguments
 from functions.cluster import (
     LIVE_CLUSTER_STATES,
+    NOTEBOOK_LOGIN_STEP,
     ClusterError,
     ClusterProvider,
     ClusterSpec,
     find_live_cluster,
+    notebook_password_parameter,
     run_job_flow_request,
 )
 from functions.launchers import EmrStepLauncher, launcher_for
+from functions.run_events import failure_from_step_event
+from functions.serverless_job import JOB_PYTHON
 from functions.settings import SettingsError, load_settings
 
 BUCKET = "verger-photos-example"
@@ -216,3 +221,84 @@ def test_the_default_deployment_processes_the_first_upload_without_any_cluster(o
     cluster_id = find_live_cluster(boto3.client("emr"), own_cluster_env["VERGER_CLUSTER_NAME"])
     assert cluster_id and launch.submitted
     assert [s["Name"] for s in boto3.client("emr").list_steps(ClusterId=cluster_id)["Steps"]] == ["verger-incr-1-attempt-1"]
+
+
+# ---------------------------------------------------------------- the notebook server option
+@pytest.fixture
+def notebook_env(own_cluster_refs, template_environment, bucket) -> dict[str, str]:
+    """The deployment with NotebookServer=jupyterhub, rendered from template.yaml."""
+    return template_environment({"BucketName": bucket, **own_cluster_refs, "NotebookServer": "jupyterhub"})
+
+
+def by_classification(request: dict) -> dict[str, dict]:
+    return {c["Classification"]: c for c in request["Configurations"]}
+
+
+def test_the_notebook_option_adds_jupyterhub_the_ssm_agent_the_login_step_and_kernels_on_the_job_python(notebook_env):
+    # GIVEN the deployment with the notebook server
+    assert notebook_env["VERGER_CLUSTER_NOTEBOOK"] == "jupyterhub"
+    request = run_job_flow_request(ClusterSpec.from_environ(notebook_env))
+    # THEN JupyterHub comes with Livy, which its Sparkmagic kernels submit to
+    assert [a["Name"] for a in request["Applications"]] == ["Spark", "Livy", "JupyterHub"]
+    # AND every node runs the SSM agent (the staged script's agent mode), after the job's venv
+    notebook_script = f"s3://{BUCKET}/{stage.NOTEBOOK_KEY}"
+    assert [a["Name"] for a in request["BootstrapActions"]] == ["verger-python-dependencies", "verger-ssm-agent"]
+    assert request["BootstrapActions"][1]["ScriptBootstrapAction"] == {"Path": notebook_script, "Args": ["agent"]}
+    # AND the first step replaces the documented default login; its failure spares the cluster
+    (step,) = request["Steps"]
+    assert step["Name"] == NOTEBOOK_LOGIN_STEP and step["ActionOnFailure"] == "CONTINUE"
+    assert step["HadoopJarStep"]["Args"] == [notebook_script, "login", notebook_password_parameter("verger"), "eu-west-3"]
+    # AND notebooks persist in the stack's bucket, and kernels' Spark sessions run the job's Python
+    # with the job's catalog (the same spark-defaults a batch step gets)
+    configurations = by_classification(request)
+    assert configurations["jupyter-s3-conf"]["Properties"] == {"s3.persistence.enabled": "true",
+                                                              "s3.persistence.bucket": BUCKET}
+    session = json.loads(configurations["jupyter-sparkmagic-conf"]["Properties"]["session_configs"])
+    assert session["conf"]["spark.pyspark.python"] == session["conf"]["spark.pyspark.driver.python"] == JOB_PYTHON
+    assert session["conf"] == configurations["spark-defaults"]["Properties"]
+    # AND nothing about the cluster's exposure changes
+    assert request["VisibleToAllUsers"] is False and "Ec2KeyName" not in request["Instances"]
+    assert not {"AdditionalMasterSecurityGroups", "AdditionalSlaveSecurityGroups"} & set(request["Instances"])
+
+
+def test_without_the_option_the_cluster_has_none_of_it(spec):
+    request = run_job_flow_request(spec)
+    assert [a["Name"] for a in request["Applications"]] == ["Spark"]
+    assert [a["Name"] for a in request["BootstrapActions"]] == ["verger-python-dependencies"]
+    assert "Steps" not in request
+    assert set(by_classification(request)) == {"spark-env", "spark-defaults"}
+
+
+def test_emr_accepts_the_notebook_request_and_runs_the_login_step_first(notebook_env):
+    # GIVEN the notebook deployment (moto checks the request against EMR's API model)
+    spec = ClusterSpec.from_environ(notebook_env)
+    emr = boto3.client("emr")
+    emr.create_security_configuration(Name=spec.security_configuration, SecurityConfiguration="{}")
+    # WHEN the cluster is created and a batch's step is added
+    cluster_id = emr.run_job_flow(**run_job_flow_request(spec))["JobFlowId"]
+    launch = EmrStepLauncher(emr, lambda: cluster_id, "s3://b/code/step.py").launch("incr-1", ARGS)
+    # THEN EMR lists the login step before the batch, which is still submitted
+    steps = emr.list_steps(ClusterId=cluster_id)["Steps"]
+    assert [s["Name"] for s in reversed(steps)] == [NOTEBOOK_LOGIN_STEP, "verger-incr-1-attempt-1"]
+    assert launch.submitted
+    applications = {a["Name"] for a in emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Applications"]}
+    assert {"Spark", "Livy", "JupyterHub"} <= applications
+
+
+def test_a_failed_login_step_is_not_taken_for_a_failed_batch(load_event):
+    # GIVEN EventBridge's event for the notebook login step failing
+    event = load_event("emr-step-failed.json")
+    event["detail"]["name"] = NOTEBOOK_LOGIN_STEP
+    # THEN no batch is retried or alerted about
+    assert failure_from_step_event(event) is None
+
+
+def test_an_unknown_notebook_server_is_named(own_cluster_env):
+    with pytest.raises(SettingsError, match="VERGER_CLUSTER_NOTEBOOK='zeppelin'"):
+        ClusterSpec.from_environ({**own_cluster_env, "VERGER_CLUSTER_NOTEBOOK": "zeppelin"})
+
+
+def test_an_existing_cluster_gets_no_notebook_setting(template_environment, bucket):
+    # the option only shapes the cluster the stack creates
+    environment = template_environment({"BucketName": bucket, "ExistingClusterId": "j-1", "NotebookServer": "jupyterhub"})
+    assert environment["VERGER_CLUSTER_NOTEBOOK"] == ""
