@@ -88,6 +88,21 @@ def trigger_reads_photos(template: dict) -> None:
          "Resource": {"Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}/raw/*"}})
 
 
+def open_notebook_port(template: dict) -> None:
+    if "ClusterPrimarySecurityGroup" not in template["Resources"]:
+        raise NothingToMutate("no primary node security group")
+    template["Resources"]["NotebookFromAnywhere"] = {"Type": "AWS::EC2::SecurityGroupIngress", "Properties": {
+        "GroupId": {"Ref": "ClusterPrimarySecurityGroup"}, "IpProtocol": "tcp", "FromPort": 9443, "ToPort": 9443,
+        "CidrIp": "0.0.0.0/0"}}
+
+
+def allow_any_session_document(template: dict) -> None:
+    found = statement(template, "NotebookUserPolicy", "ssm:StartSession")
+    if "BoolIfExists" not in found.get("Condition", {}):
+        raise NothingToMutate("no session document check")
+    del found["Condition"]["BoolIfExists"]
+
+
 MUTATIONS: dict[str, Callable[[dict], None]] = {
     # the four the issue found
     "job reads every bucket": lambda t: add_resource(t, "JobDataAccessPolicy", "s3:GetObject", "arn:aws:s3:::*"),
@@ -113,6 +128,12 @@ MUTATIONS: dict[str, Callable[[dict], None]] = {
         BlockPublicPolicy=False),
     "log bucket unencrypted": lambda t: pop(t, "AccessLogBucket", "BucketEncryption"),
     "dead-letter queue unencrypted": lambda t: props(t, "UploadDeadLetterQueue").update(SqsManagedSseEnabled=False),
+    # the notebook server
+    "notebook port opened on the primary node": open_notebook_port,
+    "notebook users may open a shell": allow_any_session_document,
+    "notebook users read every parameter": lambda t: add_resource(t, "NotebookUserPolicy", "ssm:GetParameter", "*"),
+    "cluster nodes get the broad SSM managed policy": lambda t: props(t, "EmrInstanceRole")["ManagedPolicyArns"].append(
+        {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"}),
 }
 
 

@@ -15,7 +15,11 @@ from contract import layout
 REPO = Path(__file__).resolve().parents[3]
 IMAGE_SUFFIX_VARIANTS = {s for suffix in layout.IMAGE_SUFFIXES for s in (suffix, suffix.upper())}
 # Actions AWS offers no resource-level permission for; the only ones allowed on Resource '*'.
-ACTIONS_WITHOUT_RESOURCE_PERMISSIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords", "elasticmapreduce:ListClusters"}
+ACTIONS_WITHOUT_RESOURCE_PERMISSIONS = {
+    "xray:PutTraceSegments", "xray:PutTelemetryRecords", "elasticmapreduce:ListClusters", "ec2:DescribeInstances",
+    "ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+}
 
 
 # ---------------------------------------------------------------- helpers
@@ -284,7 +288,7 @@ def test_function_environment_sets_every_variable_the_trigger_reads(template, tr
     cluster = {f"VERGER_CLUSTER_{name}" for name in (
         "NAME", "STACK", "REGION", "RELEASE", "INSTANCE_TYPE", "CORE_COUNT", "CORE_MARKET", "IDLE_TIMEOUT",
         "SERVICE_ROLE", "INSTANCE_PROFILE", "SECURITY_CONFIGURATION", "SUBNET", "MASTER_SG", "WORKER_SG",
-        "SERVICE_ACCESS_SG")}
+        "SERVICE_ACCESS_SG", "NOTEBOOK")}
     assert names == {
         "VERGER_BUCKET", "VERGER_LAUNCHER", "VERGER_EMR_CLUSTER_ID", "VERGER_EMR_APPLICATION_ID",
         "VERGER_EMR_JOB_ROLE_ARN", "VERGER_JOB_ENTRYPOINT", "VERGER_WAREHOUSE_URI", "VERGER_WEIGHTS_URI",
@@ -479,11 +483,14 @@ def test_emr_service_role_may_grant_the_disk_key_only_to_aws_resources(resources
 def test_cluster_nodes_get_the_job_policy_and_may_only_add_logs_and_use_the_disk_key(resources):
     role = resources["EmrInstanceRole"]["Properties"]
     assert role["ManagedPolicyArns"] == [{"Ref": "JobDataAccessPolicy"}]
-    extra = {s["Sid"]: s for s in policy_documents(resources)["EmrInstanceRole"]}
-    assert resources_of([extra["UploadClusterLogs"]]) == {bucket_arn("/logs/emr/*")}
-    assert extra["UploadClusterLogs"]["Action"] == "s3:PutObject"
-    assert resources_of([extra["EncryptLocalDisksWithTheDiskKey"]]) == {"${ClusterDiskKey.Arn}"}
-    assert set(extra) == {"UploadClusterLogs", "EncryptLocalDisksWithTheDiskKey"}
+    (policy,) = role["Policies"]
+    always = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"] if "Fn::If" not in s}
+    assert resources_of([always["UploadClusterLogs"]]) == {bucket_arn("/logs/emr/*")}
+    assert always["UploadClusterLogs"]["Action"] == "s3:PutObject"
+    assert resources_of([always["EncryptLocalDisksWithTheDiskKey"]]) == {"${ClusterDiskKey.Arn}"}
+    assert set(always) == {"UploadClusterLogs", "EncryptLocalDisksWithTheDiskKey"}
+    # the rest comes only with the notebook server
+    assert {s["Fn::If"][0] for s in policy["PolicyDocument"]["Statement"] if "Fn::If" in s} == {"NotebookOnCluster"}
 
 
 # ---------------------------------------------------------------- EMR (the cluster itself: tests/unit/functions/test_cluster.py)
@@ -519,6 +526,90 @@ def test_a_private_subnet_gets_its_own_three_security_groups_and_needs_its_vpc(t
         9443, 9443, {"Ref": "ClusterPrimarySecurityGroup"})
     (assertion,) = template["Rules"]["PrivateSubnetNeedsItsVpc"]["Assertions"]
     assert assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "VpcId"}, ""]}]}
+
+
+# ---------------------------------------------------------------- the notebook server (NotebookServer)
+NOTEBOOK_PARAMETER_ARN = ("arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
+                          "/verger/${AWS::StackName}/notebook-password")
+INSTANCES_ARN = "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*"
+
+
+@pytest.fixture(scope="module")
+def notebook_node_statements(resources):
+    """The cluster nodes' statements that only the notebook server brings."""
+    (policy,) = resources["EmrInstanceRole"]["Properties"]["Policies"]
+    return [s["Fn::If"][1] for s in policy["PolicyDocument"]["Statement"] if "Fn::If" in s]
+
+
+def test_the_notebook_server_is_off_unless_asked_for_and_only_on_the_stack_cluster(template, trigger):
+    parameter = template["Parameters"]["NotebookServer"]
+    assert parameter["Default"] == "none" and parameter["AllowedValues"] == ["none", "jupyterhub"]
+    assert template["Conditions"]["NotebookOnCluster"] == {
+        "Fn::And": [{"Condition": "OwnCluster"}, {"Fn::Equals": [{"Ref": "NotebookServer"}, "jupyterhub"]}]}
+    assert trigger["Environment"]["Variables"]["VERGER_CLUSTER_NOTEBOOK"] == {
+        "Fn::If": ["NotebookOnCluster", "jupyterhub", ""]}
+
+
+def test_cluster_nodes_get_session_manager_minimal_permissions_not_the_broad_managed_policy(resources, notebook_node_statements):
+    # GIVEN what the notebook server adds to the nodes' role
+    by_sid = {s["Sid"]: s for s in notebook_node_statements}
+    # THEN the agent may open its channels and register the instance, and no AWS managed policy
+    # (AmazonSSMManagedInstanceCore reads every parameter of the account) is attached
+    assert sorted(as_list(by_sid["OpenSessionManagerChannels"]["Action"])) == [
+        "ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+        "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel"]
+    assert resources_of([by_sid["RegisterWithSessionManager"]]) == {INSTANCES_ARN}
+    assert resources["EmrInstanceRole"]["Properties"]["ManagedPolicyArns"] == [{"Ref": "JobDataAccessPolicy"}]
+    # AND it writes only the stack's notebook login, and reads none
+    assert resources_of(allowed(notebook_node_statements, "ssm:PutParameter")) == {NOTEBOOK_PARAMETER_ARN}
+    assert not [s for s in notebook_node_statements if any(a.startswith(("ssm:Get", "ssm:SendCommand", "ssm:*"))
+                                                           for a in as_list(s["Action"]))]
+
+
+def test_the_login_parameter_is_the_one_the_cluster_step_writes(notebook_node_statements):
+    from functions.cluster import notebook_password_parameter
+
+    (put,) = allowed(notebook_node_statements, "ssm:PutParameter")
+    arn = text(put["Resource"])
+    assert arn.endswith(":parameter" + notebook_password_parameter("${AWS::StackName}"))
+
+
+def test_notebooks_are_kept_only_under_jupyter(notebook_node_statements):
+    objects = [s for s in notebook_node_statements if {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"} & set(as_list(s["Action"]))]
+    assert resources_of(objects) == {bucket_arn("/jupyter/*")}
+    (listing,) = allowed(notebook_node_statements, "s3:ListBucket")
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["jupyter", "jupyter/*"]}}
+
+
+def test_notebook_users_may_only_forward_a_port_to_the_stack_cluster_nodes(resources):
+    # GIVEN the policy for the people who open the notebook server
+    policy = resources["NotebookUserPolicy"]
+    assert policy["Condition"] == "NotebookOnCluster"
+    found = policy_documents(resources)["NotebookUserPolicy"]
+    sessions = allowed(found, "ssm:StartSession")
+    # THEN a session may start only on instances tagged with the stack, with the document check on
+    # (so no shell document), and the only document is port forwarding
+    on_instances = [s for s in sessions if resources_of([s]) == {INSTANCES_ARN}]
+    (instances,) = on_instances
+    assert instances["Condition"] == {"StringEquals": {"ssm:resourceTag/verger-stack": {"Ref": "AWS::StackName"}},
+                                      "BoolIfExists": {"ssm:SessionDocumentAccessCheck": "true"}}
+    assert resources_of(sessions) == {INSTANCES_ARN, "arn:${AWS::Partition}:ssm:${AWS::Region}::document/AWS-StartPortForwardingSession"}
+    # AND nothing else reaches into the nodes; they end their own sessions and read only the login
+    assert {a for s in found for a in as_list(s["Action"])} == {
+        "ec2:DescribeInstances", "ssm:StartSession", "ssm:TerminateSession", "ssm:ResumeSession", "ssm:GetParameter"}
+    assert resources_of(allowed(found, "ssm:TerminateSession")) == {
+        "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:session/${!aws:userid}-*"}
+    assert resources_of(allowed(found, "ssm:GetParameter")) == {NOTEBOOK_PARAMETER_ARN}
+
+
+def test_no_port_is_opened_to_reach_the_notebook(resources):
+    # GIVEN every ingress rule the template declares, inline or as its own resource
+    ingress = of_type(resources, "AWS::EC2::SecurityGroupIngress")
+    # THEN the only one is EMR's service access from the primary node; none admits anything into the
+    # primary node, where JupyterHub listens (9443) and sshd (22): SSM's agent connects outward
+    assert list(ingress) == ["ServiceAccessFromPrimary"]
+    assert all(rule["Properties"]["GroupId"] != {"Ref": "ClusterPrimarySecurityGroup"} for rule in ingress.values())
+    assert all("SecurityGroupIngress" not in group["Properties"] for group in of_type(resources, "AWS::EC2::SecurityGroup").values())
 
 
 def test_failed_verger_runs_invoke_the_trigger(resources):
