@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions import clients, recovery, telemetry, trigger
 from functions.events import EventKind, event_kind
-from functions.launchers import launcher_for
+from functions.launchers import EmrStepLauncher, launcher_for
 from functions.run_events import failure_from_job_run_event, failure_from_step_event
 from functions.settings import Settings, load_settings
 
@@ -31,6 +31,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     launcher = launcher_for(settings, clients.client)
     if kind in (EventKind.EMR_STEP_CHANGE, EventKind.SERVERLESS_RUN_CHANGE, EventKind.RERUN, EventKind.RECONCILE):
         return recover(kind, event, settings, s3, launcher)
+    if kind is EventKind.START_CLUSTER:
+        return start_cluster(launcher)
     if kind is EventKind.FULL_RECOMPUTE:
         submission = trigger.full_recompute(settings, s3, launcher)
         telemetry.publish_submissions(metrics, [submission])
@@ -66,3 +68,11 @@ def recover(kind: EventKind, event: dict[str, Any], settings: Settings, s3: Any,
     outcome = recovery.retry_failed_run(failure, settings, s3, launcher, sns)
     telemetry.publish_retry(metrics, outcome)
     return outcome.as_dict()
+
+
+def start_cluster(launcher: Any) -> dict[str, Any]:
+    """The stack's cluster, created now if none lives (for the notebook server, before any photo
+    arrives); it ends itself when idle like any other."""
+    if not isinstance(launcher, EmrStepLauncher):
+        raise ValueError("start-cluster needs Launcher=emr: EMR Serverless and local runs have no cluster")
+    return {"action": "start-cluster", "cluster_id": launcher.clusters()}

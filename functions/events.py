@@ -2,8 +2,8 @@
 
 Shapes that arrive: an SQS batch whose bodies are S3 notifications (the deployed path), a plain S3
 notification (`sam local invoke -e events/s3-put.json`), an action (`{"action": "full-recompute"}`,
-`"reconcile"` from the schedule, `"rerun"` from a person), and EventBridge's EMR events about a
-failed run.
+`"reconcile"` from the schedule, `"rerun"` and `"start-cluster"` from a person), and EventBridge's
+EMR events about a failed run.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from contract.layout import PHOTO_PREFIXES, is_image_key, key_problem
 FULL_RECOMPUTE_ACTION = "full-recompute"
 RECONCILE_ACTION = "reconcile"
 RERUN_ACTION = "rerun"
+START_CLUSTER_ACTION = "start-cluster"
 EMR_STEP_EVENT = ("aws.emr", "EMR Step Status Change")
 SERVERLESS_RUN_EVENT = ("aws.emr-serverless", "EMR Serverless Job Run State Change")
 # ObjectRemoved:Delete and ObjectRemoved:DeleteMarkerCreated (versioned buckets) both mean the
@@ -39,6 +40,7 @@ class EventKind(Enum):
     FULL_RECOMPUTE = "full-recompute"
     RECONCILE = "reconcile"
     RERUN = "rerun"
+    START_CLUSTER = "start-cluster"
     EMR_STEP_CHANGE = "emr-step-change"
     SERVERLESS_RUN_CHANGE = "serverless-run-change"
 
@@ -47,6 +49,7 @@ ACTIONS = {
     FULL_RECOMPUTE_ACTION: EventKind.FULL_RECOMPUTE,
     RECONCILE_ACTION: EventKind.RECONCILE,
     RERUN_ACTION: EventKind.RERUN,
+    START_CLUSTER_ACTION: EventKind.START_CLUSTER,
 }
 EVENTBRIDGE_KINDS = {
     EMR_STEP_EVENT: EventKind.EMR_STEP_CHANGE,

@@ -197,3 +197,23 @@ def test_a_missing_setting_is_named(template_env, lambda_context, monkeypatch, l
     # WHEN / THEN the invocation fails naming the variable
     with pytest.raises(ValueError, match="VERGER_BUCKET is not set"):
         handler(copy.deepcopy(load_event("sqs-s3-batch.json")), lambda_context)
+
+
+def test_start_cluster_creates_the_stack_cluster_once_and_then_finds_it(own_cluster_env, lambda_context):
+    # GIVEN the default deployment and no cluster
+    # WHEN a person asks twice for the cluster (verger notebook --start)
+    first = handler({"action": "start-cluster"}, lambda_context)
+    second = handler({"action": "start-cluster"}, lambda_context)
+    # THEN one cluster, named as the stack's, was created and both answers name it
+    clusters = boto3.client("emr").list_clusters()["Clusters"]
+    assert [c["Name"] for c in clusters] == [own_cluster_env["VERGER_CLUSTER_NAME"]]
+    assert first == second == {"action": "start-cluster", "cluster_id": clusters[0]["Id"]}
+
+
+def test_start_cluster_is_refused_where_there_is_no_cluster(template_environment, bucket, monkeypatch, lambda_context):
+    environment = template_environment({"BucketName": bucket, "Launcher": "emr-serverless", "ImageUri": "image",
+                                        "ServerlessApplication": "00app", "ServerlessJobRole.Arn": "arn:aws:iam::123456789012:role/job"})
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match="start-cluster needs Launcher=emr"):
+        handler({"action": "start-cluster"}, lambda_context)
