@@ -10,6 +10,7 @@ def build_parser() -> argparse.ArgumentParser:
     from verger.commands import add_commands
     from verger.suggest_commands import add_commands as add_suggest_commands
     from verger.demo.run import add_command as add_demo_command
+    from verger.notebook import add_command as add_notebook_command
     from verger.status import add_command as add_status_command
 
     parser = argparse.ArgumentParser(prog="verger", description=__doc__)
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_suggest_commands(subparsers)
     add_demo_command(subparsers)
     add_query_command(subparsers)
+    add_notebook_command(subparsers)
     add_status_command(subparsers)
     return parser
 
