@@ -140,3 +140,43 @@ def test_the_stack_schedule_input_reconciles_and_submits_one_sweep(stack, lambda
     assert results[0]["sweep_batch_id"] == results[1]["sweep_batch_id"]
     manifest = boto3.client("s3").get_object(Bucket=BUCKET, Key=f"manifests/{results[0]['sweep_batch_id']}.json")
     assert json.loads(manifest["Body"].read())["mode"] == "sweep"
+
+
+def test_with_the_notebook_option_the_stack_creates_its_policies_and_start_cluster_builds_jupyterhub(
+        aws, monkeypatch, lambda_context):
+    # GIVEN the stack deployed with NotebookServer=jupyterhub
+    deployed = deploy(STACK, BUCKET, {"NotebookServer": "jupyterhub"})
+    assert deployed["status"] == "CREATE_COMPLETE"
+    for name, value in deployed["environment"].items():
+        monkeypatch.setenv(name, value)
+    # THEN the users' policy exists (port forwarding only) and the nodes' role carries the SSM permissions
+    iam = boto3.client("iam")
+    user_policy = iam.get_policy(PolicyArn=deployed["outputs"]["NotebookUserPolicyArn"])["Policy"]
+    version = iam.get_policy_version(PolicyArn=user_policy["Arn"], VersionId=user_policy["DefaultVersionId"])
+    # (moto may keep a document as Python's repr of the object, so it is read as text)
+    document = str(version["PolicyVersion"]["Document"])
+    assert "ForwardToTheStackClusterNodesOnly" in document and "AWS-StartPortForwardingSession" in document
+    role = deployed["resources"]["EmrInstanceRole"]
+    (policy_name,) = iam.list_role_policies(RoleName=role)["PolicyNames"]
+    node_document = str(iam.get_role_policy(RoleName=role, PolicyName=policy_name)["PolicyDocument"])
+    assert "OpenSessionManagerChannels" in node_document and "StoreTheNotebookLogin" in node_document
+
+    # WHEN someone asks the trigger for the cluster before any photo arrived
+    result = handler({"action": "start-cluster"}, lambda_context)
+
+    # THEN the cluster it creates runs JupyterHub, and its first step replaces the default login
+    emr = boto3.client("emr")
+    cluster = emr.describe_cluster(ClusterId=result["cluster_id"])["Cluster"]
+    assert {"JupyterHub", "Livy", "Spark"} <= {a["Name"] for a in cluster["Applications"]}
+    assert [s["Name"] for s in emr.list_steps(ClusterId=result["cluster_id"])["Steps"]] == ["notebook-login"]
+
+
+def test_without_the_option_the_nodes_get_no_session_manager_permission(stack):
+    iam = boto3.client("iam")
+    role = stack["resources"]["EmrInstanceRole"]
+    (policy_name,) = iam.list_role_policies(RoleName=role)["PolicyNames"]
+    node_document = str(iam.get_role_policy(RoleName=role, PolicyName=policy_name)["PolicyDocument"])
+    assert "UploadClusterLogs" in node_document
+    assert "ssmmessages" not in node_document and "ssm:" not in node_document
+    assert "NotebookUserPolicyArn" not in stack["outputs"] and "NotebookUserPolicy" not in stack["resources"]
+    assert stack["environment"]["VERGER_CLUSTER_NOTEBOOK"] == ""
