@@ -24,7 +24,7 @@ fail() {
 }
 
 ensure_agent() {
-    # EMR's Amazon Linux images ship the agent; install it only where an image lacks it.
+    # Amazon Linux images normally ship the agent (unverified for EMR's own): install it only if missing.
     if systemctl is-active --quiet amazon-ssm-agent; then
         echo "verger notebook: the SSM agent runs"
         return
