@@ -173,7 +173,8 @@ def plot_batches(batches: pd.DataFrame):
         speed.annotate(f"{value:g}", (x, value), ha="center", va="bottom", fontsize=8)
     speed.set(ylabel="images / s (new images, in-job time)", title="throughput per batch (start-up dominates small ones)")
     for axes in (counts, speed):
-        axes.tick_params(axis="x", labelsize=7)
+        axes.tick_params(axis="x", labelsize=7, labelrotation=30)
+        plt.setp(axes.get_xticklabels(), ha="right", rotation_mode="anchor")
     figure.tight_layout()
     return figure
 
@@ -283,12 +284,13 @@ def headline(fit, reference: ReferenceRun | None) -> str:
                      f"<code>verger run</code> on the same photos took {reference.seconds:.1f} s "
                      f"(ratio {reference.ratio:.2f}).")
     if fit:
-        lines.append(f"A Spark step costs about {fit.fixed_s:.1f} s whatever its size, then "
-                     f"{fit.per_image_s * 1000:.2f} ms per image: {fit.steady_rate:.1f} img/s once start-up "
-                     f"is paid (fitted over {fit.steps} steps).")
+        lines.append(f"A Spark step spends about {fit.fixed_s:.1f} s outside extraction whatever its size "
+                     f"(start-up, store reads, commit, PCA: the median over {fit.steps} steps), and "
+                     f"{fit.per_image_s * 1000:.2f} ms per image extracting: {fit.steady_rate:.1f} img/s once "
+                     f"start-up is paid. Steps that ran while uploads went on share the cores with the "
+                     f"embedded S3 API and extract more slowly (see each step's images/s below).")
     else:
-        lines.append("These steps' sizes and times do not separate a fixed cost from a cost per image "
-                     "(too few, or too alike, to fit a line with a positive slope).")
+        lines.append("No step extracted anything: there is no per-image cost to show.")
     return "".join(f"<p>{line}</p>" for line in lines)
 
 
