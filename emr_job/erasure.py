@@ -57,18 +57,7 @@ def erasure_filter(gone: list[str], keep: dict[str, str]):
     from pyiceberg.expressions import And, EqualTo, NotEqualTo
 
     others = [And(EqualTo("image_key", key), NotEqualTo("etag", etag)) for key, etag in sorted(keep.items())]
-    return any_of([store.keys_filter(gone), *others])
-
-
-def any_of(conditions: list):
-    """`Or` of the conditions as a balanced tree: pyiceberg binds expressions recursively, and a
-    chain of one `Or` per key overflows Python's stack at a few hundred keys."""
-    from pyiceberg.expressions import Or
-
-    if len(conditions) == 1:
-        return conditions[0]
-    middle = len(conditions) // 2
-    return Or(any_of(conditions[:middle]), any_of(conditions[middle:]))
+    return store.any_of([store.keys_filter(gone), *others])
 
 
 def citing_photos(spark: SparkSession, catalog, keys: list[str]) -> list[str]:

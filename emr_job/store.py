@@ -136,12 +136,31 @@ def data_files(table, row_filter=None) -> list[str]:
     return [task.file.file_path for task in table.scan(row_filter=row_filter or AlwaysTrue()).plan_files()]
 
 
+# pyiceberg stops using column bounds for an `In` of more than 200 values (every file "might
+# match"): a batch's keys go in as an `Or` of `In`s of at most this many, each pruned on its own.
+KEYS_PER_IN = 200
+
+
 def keys_filter(keys: Iterable[str]):
-    """Rows of these image keys, as an Iceberg expression (AlwaysFalse for none)."""
+    """Rows of these image keys, as an Iceberg expression (AlwaysFalse for none) that keeps pruning
+    files by key bounds however many keys a batch has."""
     from pyiceberg.expressions import AlwaysFalse, In
 
     keys = sorted(set(keys))
-    return In("image_key", keys) if keys else AlwaysFalse()
+    if not keys:
+        return AlwaysFalse()
+    return any_of([In("image_key", keys[start:start + KEYS_PER_IN]) for start in range(0, len(keys), KEYS_PER_IN)])
+
+
+def any_of(conditions: list):
+    """`Or` of the conditions as a balanced tree: pyiceberg binds expressions recursively, and a
+    chain of one `Or` per condition overflows Python's stack at a few hundred."""
+    from pyiceberg.expressions import Or
+
+    if len(conditions) == 1:
+        return conditions[0]
+    middle = len(conditions) // 2
+    return Or(any_of(conditions[:middle]), any_of(conditions[middle:]))
 
 
 def row_count(table) -> int:

@@ -132,6 +132,21 @@ def test_a_key_filtered_scan_plans_only_the_files_that_may_hold_the_keys(warehou
     assert len(files) == 1 and "batch_id=mson" in files[0]
 
 
+def test_a_batch_of_thousands_of_keys_still_plans_only_the_files_that_may_hold_them(warehouse):
+    # GIVEN files with disjoint key ranges
+    catalog = store.open_catalog(warehouse[0])
+    for label in ("Apple Braeburn", "Apple Crimson", "Apple Golden"):
+        keys = [f"raw/{label}/{i}.jpg" for i in range(3)]
+        store.commit_files(catalog, layout.FEATURES_TABLE, write_batch(warehouse, keys, label[-4:]), label[-4:])
+
+    # WHEN a batch of 5,000 keys of one label (more than pyiceberg prunes with in one `In`) is planned
+    table = store.load_table(catalog, layout.FEATURES_TABLE)
+    files = store.data_files(table, store.keys_filter([f"raw/Apple Crimson/{i}.jpg" for i in range(5000)]))
+
+    # THEN still only the file that may hold them is read
+    assert len(files) == 1 and "batch_id=mson" in files[0]
+
+
 def test_a_full_recompute_commit_keeps_younger_rows_and_rows_whose_refetch_failed(tmp_path):
     # GIVEN rows stored before a full recompute began, and one committed by a batch after its listing
     from contract.manifest import build_manifest
