@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 import time
+from bisect import bisect_right
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Iterator
@@ -33,6 +35,7 @@ from verger.bench import link_images
 BASE_IMAGES = 200
 NEW_IMAGES = 100
 ROWS_PER_FILE = 50_000
+PAPER_ROWS = 10_000_000  # the issue's next order of magnitude, estimated from this run's layout and reads
 
 
 def bench_store(images: str, weights: str, rows: int, workdir: str) -> Iterator[str]:
@@ -50,17 +53,20 @@ def bench_store(images: str, weights: str, rows: int, workdir: str) -> Iterator[
     grow(stores["big"], rows, sorted({key.split("/")[0] for key in list_image_keys(images)}))
     yield f"big store: grown by {rows:,} synthetic rows in {time.perf_counter() - began:.1f} s"
 
-    results = {}
+    results, labels = {}, sorted({key.split("/")[0] for key in list_image_keys(images)})
     for name, warehouse in stores.items():
-        reads = planned_reads(warehouse, [key for key in new])
+        reads = planned_reads(warehouse, new)
         report, peak = child_run(folders["new"], warehouse, weights)
         results[name] = (report["seconds"]["total"], peak)
         yield (f"{name} store ({store.row_count(features_table(warehouse)):,} rows after): 100 new photos in "
                f"{report['seconds']['total']:.1f} s, driver peak {peak / 2**20:.0f} MiB, new={report['images']['new']}")
-        for table, (planned, total, column_bytes) in reads.items():
-            yield f"  {table}: the batch's keys plan {planned} of {total} files, {column_bytes / 2**20:.1f} MiB of columns"
+        for table, read in reads.items():
+            yield (f"  {table}: the batch's keys plan {read.planned} of {read.total} files, "
+                   f"{read.column_bytes / 2**20:.1f} MiB of columns")
     (small_s, small_peak), (big_s, big_peak) = results["small"], results["big"]
     yield f"time ratio big/small: {big_s / small_s:.2f}; driver peak ratio: {big_peak / small_peak:.2f}"
+    if PAPER_ROWS > rows:
+        yield from on_paper(reads, labels, rows, new)
 
     expire_all = Upkeep(retention=timedelta(0), orphan_age=timedelta(0))  # the bench's files are not in flight
     for table, outcome in maintain(store.open_catalog(stores["big"]), stores["big"], expire_all).items():
@@ -146,24 +152,97 @@ def synthetic_keys(labels: list[str], rows: int) -> list[str]:
     return [f"{labels[index % len(labels)]}/synthetic-{index:07d}.jpg" for index in range(rows)]
 
 
-def planned_reads(warehouse: str, keys: list[str]) -> dict[str, tuple[int, int, int]]:
+@dataclass(frozen=True)
+class PlannedRead:
+    """What a scan filtered by the batch's keys plans in one table."""
+
+    planned: int  # files
+    total: int  # live files
+    column_bytes: int  # compressed bytes of the short columns the batch checks, in the planned files
+    synthetic_planned: int  # of the planned files, those `grow` wrote
+    synthetic_bytes: int
+    synthetic_total: int
+
+
+def planned_reads(warehouse: str, keys: list[str]) -> dict[str, PlannedRead]:
     """Per table: files a scan filtered by `keys` plans, all live files, and the compressed bytes of
     the short columns the batch checks read in the planned files (never the feature vectors)."""
     catalog = store.open_catalog(warehouse)
-    checked = {"image_key", "etag", "label", "batch_id", "ingested_at", "pca_version", "reason"}
     reads = {}
     for name in (layout.FEATURES_TABLE, layout.PROJECTIONS_TABLE, layout.QUARANTINE_TABLE):
         table = store.load_table(catalog, name)
         if table is None:
             continue
-        planned = store.data_files(table, store.keys_filter(keys))
-        column_bytes = 0
-        for path in planned:
-            metadata = pq.ParquetFile(path.removeprefix("file://")).metadata
-            for group in range(metadata.num_row_groups):
-                for column in range(metadata.num_columns):
-                    chunk = metadata.row_group(group).column(column)
-                    if chunk.path_in_schema in checked:
-                        column_bytes += chunk.total_compressed_size
-        reads[name] = (len(planned), len(store.data_files(table)), column_bytes)
+        planned = {path: checked_column_bytes(path) for path in store.data_files(table, store.keys_filter(keys))}
+        synthetic = {path: size for path, size in planned.items() if is_synthetic(path)}
+        every = store.data_files(table)
+        reads[name] = PlannedRead(len(planned), len(every), sum(planned.values()), len(synthetic),
+                                  sum(synthetic.values()), sum(map(is_synthetic, every)))
     return reads
+
+
+def is_synthetic(path: str) -> bool:
+    return "/batch_id=synthetic/" in path
+
+
+def checked_column_bytes(path: str) -> int:
+    checked = {"image_key", "etag", "label", "batch_id", "ingested_at", "pca_version", "reason"}
+    metadata = pq.ParquetFile(path.removeprefix("file://")).metadata
+    return sum(metadata.row_group(group).column(column).total_compressed_size
+               for group in range(metadata.num_row_groups) for column in range(metadata.num_columns)
+               if metadata.row_group(group).column(column).path_in_schema in checked)
+
+
+def on_paper(reads: dict[str, PlannedRead], labels: list[str], rows: int, keys: list[str]) -> Iterator[str]:
+    """The big store's reads at PAPER_ROWS, estimated: the real photos' files as measured; the
+    synthetic files laid out as `grow` would write them (their key bounds computed, not written),
+    each planned one costing what a planned synthetic file cost here. The same model applied to
+    this run's size is printed beside what was measured, as its check."""
+    here, there = synthetic_bounds(labels, rows), synthetic_bounds(labels, PAPER_ROWS)
+    for table, read in reads.items():
+        if not read.synthetic_total:
+            continue
+        per_file = read.synthetic_bytes / max(read.synthetic_planned, 1)
+        per_row = per_file / ROWS_PER_FILE
+        planned = files_holding(there, keys)
+        real_bytes = read.column_bytes - read.synthetic_bytes
+        yield (f"  {table} on paper at {PAPER_ROWS:,} rows (estimate): the batch's keys plan ~{planned + read.planned - read.synthetic_planned} "
+               f"of {len(there) + read.total - read.synthetic_total} files, ~{(real_bytes + planned * per_file) / 2**20:.0f} MiB of columns "
+               f"(model at {rows:,}: {files_holding(here, keys)} synthetic files planned, measured {read.synthetic_planned}); "
+               f"with files spanning every label instead (batch files compacted without a global sort) all files, "
+               f"~{(real_bytes + PAPER_ROWS * per_row) / 2**20:.0f} MiB")
+
+
+def synthetic_bounds(labels: list[str], rows: int, rows_per_file: int = ROWS_PER_FILE) -> list[tuple[str, str]]:
+    """(first, last) key of each file `grow` writes for `rows` rows, without building the keys.
+
+    Sorted, the keys group by label ("<label>/" order) and, within a label, by index.
+
+    Examples
+    --------
+    >>> keys = sorted(synthetic_keys(["B", "A B", "A"], 10))
+    >>> synthetic_bounds(["B", "A B", "A"], 10, 4) == [(keys[i], keys[min(i + 3, 9)]) for i in (0, 4, 8)]
+    True
+    """
+    count = len(labels)
+    order = sorted(range(count), key=lambda index: labels[index] + "/")
+    sizes = [len(range(index, rows, count)) for index in order]
+    starts = [sum(sizes[:group]) for group in range(count)]
+
+    def key_at(position: int) -> str:
+        group = bisect_right(starts, position) - 1
+        index = order[group] + count * (position - starts[group])
+        return f"{labels[order[group]]}/synthetic-{index:07d}.jpg"
+
+    return [(key_at(start), key_at(min(start + rows_per_file, rows) - 1)) for start in range(0, rows, rows_per_file)]
+
+
+def files_holding(bounds: list[tuple[str, str]], keys: list[str]) -> int:
+    """Files whose key bounds may hold one of `keys`: what the Iceberg scan plans.
+
+    Examples
+    --------
+    >>> files_holding([("a", "c"), ("d", "f"), ("g", "i")], ["b", "e2", "z"])
+    2
+    """
+    return sum(any(low <= key <= high for key in keys) for low, high in bounds)
