@@ -14,7 +14,12 @@ from typing import Any, Iterable
 from urllib.parse import urlparse
 
 MANIFEST_VERSION = 1
-MODES = ("incremental", "full", "sweep")
+MODES = ("incremental", "full", "sweep", "maintain")
+# `maintain`: table upkeep (compaction, snapshot expiry, orphan files) instead of a batch of photos;
+# `extra` carries the snapshot retention in days, which bounds how long an erased photo's bytes
+# stay on storage.
+MAINTAIN_MODE = "maintain"
+RETENTION_DAYS = "retention_days"
 # In these modes the job lists the source itself (raw/ and inbox/, distributed) instead of reading
 # items: a million-photo listing fits neither a Lambda nor a manifest. Their items stay empty and a
 # nonce (the request's time or id) keeps two requests apart.
@@ -181,10 +186,22 @@ def validate(manifest: Manifest) -> None:
             f"a {manifest.mode!r} manifest carries no items: the job lists the source itself "
             f"(got {len(manifest.items)})"
         )
+    if manifest.mode == MAINTAIN_MODE:
+        check_maintenance(manifest)
     if not BATCH_ID_PATTERN.fullmatch(manifest.batch_id):
         raise ManifestError(
             f"manifest batch_id {manifest.batch_id!r} is not one plain name (letters, digits, '.', '_', '-')"
         )
+
+
+def check_maintenance(manifest: Manifest) -> None:
+    """A `maintain` manifest names no photos and says how many days of snapshots to keep."""
+    if manifest.items:
+        raise ManifestError(f"a 'maintain' manifest carries no items (got {len(manifest.items)})")
+    days = manifest.extra.get(RETENTION_DAYS)
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 <= days < 10_000:
+        raise ManifestError(f"a 'maintain' manifest needs extra.{RETENTION_DAYS}, a number of days "
+                            f"from 0 to 9999 (got {days!r})")
 
 
 def check_uri(uri: str, what: str, schemes: tuple[str, ...]) -> None:

@@ -76,12 +76,8 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
     report["seconds"]["total"] = round(total, 3)
     report["images_per_second"] = round(batch.todo_count / total, 2) if batch.todo_count else 0.0
     report["status"] = "complete"
-    blobs.write_bytes(report_uri(settings.warehouse, manifest.batch_id), json.dumps(report, indent=1).encode())
+    blobs.write_bytes(store.report_uri(settings.warehouse, manifest.batch_id), json.dumps(report, indent=1).encode())
     return report
-
-
-def report_uri(warehouse: str, batch_id: str) -> str:
-    return layout.warehouse_path(store.warehouse_root(warehouse), layout.REPORTS_DIR, f"{batch_id}.json")
 
 
 @dataclass

@@ -9,6 +9,7 @@ import json
 import sys
 
 from contract.layout import DEFAULT_VARIANCE_TARGET, StepArgs
+from contract.manifest import MAINTAIN_MODE
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,18 +41,39 @@ def main(argv: list[str] | None = None) -> int:
     from emr_job.weights import resolve_weights
 
     try:
+        manifest = parse_manifest(blobs.read_bytes(args.manifest))
+    except (ManifestError, OSError, ValueError) as error:
+        return refused(error)
+    if manifest.mode == MAINTAIN_MODE:  # upkeep needs neither weights nor an engine
+        return maintenance(manifest, args.warehouse)
+    try:
         precision = choose_here(args.precision)
         check_precision(args.engine, precision.precision)
         weights = resolve_weights(args.weights)
-        manifest = parse_manifest(blobs.read_bytes(args.manifest))
-    except (ManifestError, WeightsError, OSError, ValueError) as error:
-        print(f"verger step: {error}", file=sys.stderr)
-        return 2
+    except (WeightsError, OSError, ValueError) as error:
+        return refused(error)
     print(f"verger step: precision {precision.precision} ({precision.reason})", file=sys.stderr)
     settings = JobSettings(warehouse=args.warehouse, weights_path=weights, variance=args.variance,
                            engine=args.engine, precision=precision.precision)
     report = run_manifest(get_session(f"verger-{manifest.batch_id}"), manifest, settings)
     print(json.dumps(report, indent=1))
+    return 0
+
+
+def refused(error: Exception) -> int:
+    print(f"verger step: {error}", file=sys.stderr)
+    return 2
+
+
+def maintenance(manifest, warehouse: str) -> int:
+    """A `maintain` manifest: table upkeep (emr_job.upkeep) with the manifest's retention."""
+    from emr_job.session import get_session
+    from emr_job.upkeep import run_maintenance
+
+    # Upkeep is plain pyiceberg, but YARN fails a cluster-mode driver that never starts a
+    # SparkContext ("User did not initialize spark context!"), so the step starts one as any does.
+    get_session(f"verger-{manifest.batch_id}")
+    print(json.dumps(run_maintenance(manifest, warehouse), indent=1))
     return 0
 
 

@@ -87,6 +87,11 @@ def load_table(catalog, name: str):
         return None
 
 
+def report_uri(warehouse: str, batch_id: str) -> str:
+    """Where a run's report goes; its presence tells the reconciliation the batch is done."""
+    return layout.warehouse_path(warehouse_root(warehouse), layout.REPORTS_DIR, f"{batch_id}.json")
+
+
 def attempt_dir(warehouse: str, table: str, batch_id: str) -> str:
     """A directory no other attempt writes to, so a retry never overwrites committed files."""
     return layout.warehouse_path(

@@ -9,6 +9,8 @@ code runs on a local warehouse and on S3 with the Glue catalog.
 from __future__ import annotations
 
 import itertools
+import json
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -16,7 +18,8 @@ from datetime import datetime, timedelta, timezone
 from pyarrow import fs
 
 from contract import layout
-from emr_job import store
+from contract.manifest import RETENTION_DAYS, Manifest
+from emr_job import blobs, store
 
 TABLES = (layout.FEATURES_TABLE, layout.PROJECTIONS_TABLE, layout.QUARANTINE_TABLE, layout.SUGGESTIONS_TABLE)
 DEFAULT_RETENTION = timedelta(days=7)
@@ -48,6 +51,19 @@ def maintain(catalog, warehouse: str, upkeep: Upkeep = Upkeep()) -> dict:
         removed = remove_orphans(table, data_roots(warehouse, table, name), now - upkeep.orphan_age)
         report[name] = {"before": before, "after": table_shape(store.load_table(catalog, name)),
                         "compacted": compacted, "snapshots_expired": expired, "files_deleted": removed}
+    return report
+
+
+def run_maintenance(manifest: Manifest, warehouse: str) -> dict:
+    """A `maintain` manifest's run (the scheduled upkeep on AWS): every table kept up with the
+    manifest's retention, the report written where a batch's goes, so a run that ended is not
+    relaunched by the reconciliation and one that did not is."""
+    started = time.perf_counter()
+    retention_days = manifest.extra[RETENTION_DAYS]
+    tables = maintain(store.open_catalog(warehouse), warehouse, Upkeep(retention=timedelta(days=retention_days)))
+    report = {"batch_id": manifest.batch_id, "mode": manifest.mode, "retention_days": retention_days,
+              "tables": tables, "seconds": {"total": round(time.perf_counter() - started, 3)}, "status": "complete"}
+    blobs.write_bytes(store.report_uri(warehouse, manifest.batch_id), json.dumps(report, indent=1).encode())
     return report
 
 

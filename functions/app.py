@@ -34,9 +34,9 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if kind is EventKind.START_CLUSTER:
         return start_cluster(launcher)
     if kind is EventKind.FULL_RECOMPUTE:
-        submission = trigger.full_recompute(settings, s3, launcher)
-        telemetry.publish_submissions(metrics, [submission])
-        return submission.as_dict()
+        return submitted(trigger.full_recompute(settings, s3, launcher))
+    if kind is EventKind.MAINTAIN:
+        return submitted(trigger.maintain(settings, s3, launcher, event.get("scheduled_time")))
     if kind is EventKind.S3:
         outcome = trigger.process_s3_event(event, settings, s3, launcher)
         telemetry.publish_outcome(metrics, outcome)
@@ -47,6 +47,11 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return process_partial_response(
         event=event, record_handler=outcome.settle, processor=processor, context=context
     )
+
+
+def submitted(submission: trigger.Submission) -> dict[str, Any]:
+    telemetry.publish_submissions(metrics, [submission])
+    return submission.as_dict()
 
 
 def recover(kind: EventKind, event: dict[str, Any], settings: Settings, s3: Any, launcher: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from contract.layout import manifest_key
-from contract.manifest import Manifest, ManifestItem, build_manifest
+from contract.manifest import MAINTAIN_MODE, RETENTION_DAYS, Manifest, ManifestItem, build_manifest
 from functions.events import ImageUpload
 
 # S3 answers a lost conditional write with 412 PreconditionFailed, or 409 when two race.
@@ -80,6 +80,12 @@ def listing_manifest(mode: str, bucket: str, nonce: str) -> Manifest:
     (a million-item listing fits neither this function's memory nor its time). `nonce` (the
     request's or the schedule's time) keeps two requests apart."""
     return build_manifest(mode, f"s3://{bucket}", [], nonce=nonce)
+
+
+def maintenance_manifest(bucket: str, nonce: str, retention_days: int) -> Manifest:
+    """A `maintain` manifest: table upkeep with this snapshot retention; `nonce` (the schedule's
+    time) makes a schedule delivered twice one run."""
+    return build_manifest(MAINTAIN_MODE, f"s3://{bucket}", [], nonce=nonce, extra={RETENTION_DAYS: retention_days})
 
 
 def manifest_uri(bucket: str, batch_id: str) -> str:

@@ -2,8 +2,8 @@
 
 Shapes that arrive: an SQS batch whose bodies are S3 notifications (the deployed path), a plain S3
 notification (`sam local invoke -e events/s3-put.json`), an action (`{"action": "full-recompute"}`,
-`"reconcile"` from the schedule, `"rerun"` and `"start-cluster"` from a person), and EventBridge's
-EMR events about a failed run.
+`"reconcile"` and `"maintain"` from the schedules, `"rerun"` and `"start-cluster"` from a person),
+and EventBridge's EMR events about a failed run.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ FULL_RECOMPUTE_ACTION = "full-recompute"
 RECONCILE_ACTION = "reconcile"
 RERUN_ACTION = "rerun"
 START_CLUSTER_ACTION = "start-cluster"
+MAINTAIN_ACTION = "maintain"
 EMR_STEP_EVENT = ("aws.emr", "EMR Step Status Change")
 SERVERLESS_RUN_EVENT = ("aws.emr-serverless", "EMR Serverless Job Run State Change")
 # ObjectRemoved:Delete and ObjectRemoved:DeleteMarkerCreated (versioned buckets) both mean the
@@ -41,6 +42,7 @@ class EventKind(Enum):
     RECONCILE = "reconcile"
     RERUN = "rerun"
     START_CLUSTER = "start-cluster"
+    MAINTAIN = "maintain"
     EMR_STEP_CHANGE = "emr-step-change"
     SERVERLESS_RUN_CHANGE = "serverless-run-change"
 
@@ -50,6 +52,7 @@ ACTIONS = {
     RECONCILE_ACTION: EventKind.RECONCILE,
     RERUN_ACTION: EventKind.RERUN,
     START_CLUSTER_ACTION: EventKind.START_CLUSTER,
+    MAINTAIN_ACTION: EventKind.MAINTAIN,
 }
 EVENTBRIDGE_KINDS = {
     EMR_STEP_EVENT: EventKind.EMR_STEP_CHANGE,

@@ -16,6 +16,7 @@ DEFAULT_MAX_IMAGES_PER_MANIFEST = 5000
 DEFAULT_SPARK_SUBMIT = "spark-submit"
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_RECONCILE_GRACE_MINUTES = 120
+DEFAULT_RETENTION_DAYS = 7
 
 
 class SettingsError(ValueError):
@@ -42,6 +43,8 @@ class Settings:
         Runs of one batch (the first included) before the alert topic is told.
     reconcile_grace_minutes : int
         A manifest younger than this is left to its run, even without a report.
+    retention_days : int
+        Snapshots older than this are expired by the scheduled upkeep (the erasure time).
     """
 
     bucket: str
@@ -58,6 +61,7 @@ class Settings:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     reconcile_grace_minutes: int = DEFAULT_RECONCILE_GRACE_MINUTES
     alert_topic_arn: str | None = None
+    retention_days: int = DEFAULT_RETENTION_DAYS
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -88,6 +92,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             environ, "VERGER_RECONCILE_GRACE_MINUTES", DEFAULT_RECONCILE_GRACE_MINUTES
         ),
         alert_topic_arn=_optional(environ, "VERGER_ALERT_TOPIC_ARN"),
+        retention_days=_positive_int(environ, "VERGER_RETENTION_DAYS", DEFAULT_RETENTION_DAYS),
     )
     _require_launcher_settings(settings)
     return settings

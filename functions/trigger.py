@@ -17,7 +17,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from contract.layout import step_arguments
 from contract.manifest import Manifest
 from functions import attempts
-from functions.batching import incremental_manifests, listing_manifest, manifest_uri, write_manifest
+from functions.batching import (
+    incremental_manifests,
+    listing_manifest,
+    maintenance_manifest,
+    manifest_uri,
+    write_manifest,
+)
 from functions.events import (
     DropReason,
     MalformedMessage,
@@ -144,6 +150,14 @@ def full_recompute(settings: Settings, s3: Any, launcher: Launcher) -> Submissio
     """One item-less `full` manifest (the job lists raw/ and inbox/ itself), and its job."""
     nonce = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     return submit_manifest(listing_manifest("full", settings.bucket, nonce), settings, s3, launcher)
+
+
+def maintain(settings: Settings, s3: Any, launcher: Launcher, scheduled_time: str | None) -> Submission:
+    """Table upkeep as a run of the job (`maintain` manifest), with the stack's snapshot retention:
+    the schedule's time is the nonce, so a schedule delivered twice starts one run."""
+    nonce = scheduled_time or datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    manifest = maintenance_manifest(settings.bucket, nonce, settings.retention_days)
+    return submit_manifest(manifest, settings, s3, launcher)
 
 
 @tracer.capture_method

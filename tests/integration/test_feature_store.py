@@ -16,7 +16,8 @@ from PIL import Image
 
 from contract.manifest import build_manifest
 from emr_job import store
-from emr_job.job import JobSettings, report_uri, run_manifest
+from emr_job.job import JobSettings, run_manifest
+from emr_job.store import report_uri
 from emr_job.readers import export
 from tests.integration.conftest import LABELS, fruit_manifest, run_verger_killed_at_commit
 

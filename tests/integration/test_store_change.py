@@ -3,14 +3,17 @@ recompute, and re-runs that heal a batch killed between its commits."""
 from __future__ import annotations
 
 import glob
+import json
+import os
 import shutil
+import time
 from datetime import timedelta
 
 import pyarrow.parquet as pq
 import pytest
 
 from contract.manifest import ManifestItem, build_manifest
-from emr_job import store
+from emr_job import step, store
 from emr_job.folders import file_md5
 from emr_job.job import JobSettings, run_manifest
 from emr_job.upkeep import Upkeep, maintain
@@ -85,6 +88,42 @@ def test_a_removed_photo_leaves_every_table_and_after_expiry_every_data_file(spa
     for table in ("features", "projections", "suggestions"):
         assert victim not in keys_in_parquet_files(warehouse, table)
     assert len(live_keys(warehouse, "features")) == len(all_keys(source))
+
+
+def test_the_scheduled_upkeep_step_finishes_an_erasure_and_spares_a_commit_in_flight(
+        spark, source, weights, tmp_path, monkeypatch):
+    # GIVEN a store from which a photo was erased two days ago (its old files still hold it) …
+    warehouse, settings = str(tmp_path / "wh"), JobSettings(str(tmp_path / "wh"), weights)
+    uri = f"file://{source}"
+    run_manifest(spark, build_manifest("incremental", uri, items(source, all_keys(source))), settings)
+    victim = all_keys(source)[0]
+    (source / victim).unlink()
+    run_manifest(spark, build_manifest("incremental", uri, [ManifestItem(victim, "", removed=True)]), settings)
+    two_days_ago = time.time() - 2 * 86400
+    for path in glob.glob(f"{warehouse}/**/*.parquet", recursive=True):
+        os.utime(path, (two_days_ago, two_days_ago))
+    # … and the files of a batch being written now (not committed yet)
+    in_flight = store.attempt_dir(warehouse, "features", "incr-inflight") + "/part-0.parquet"
+    os.makedirs(os.path.dirname(in_flight))
+    shutil.copy(glob.glob(f"{warehouse}/features/data/**/*.parquet", recursive=True)[0], in_flight)
+
+    # WHEN the schedule's maintain manifest (retention 0 days) runs through the step entry point, without weights
+    manifest = build_manifest("maintain", uri, [], nonce="2026-11-23T03:00:00Z", extra={"retention_days": 0})
+    (tmp_path / "maintain.json").write_text(manifest.to_json())
+    monkeypatch.delenv("VERGER_WEIGHTS", raising=False)
+    code = step.main(["--manifest", f"file://{tmp_path / 'maintain.json'}", "--warehouse", warehouse])
+
+    # THEN no data file holds the erased photo, every table keeps one snapshot and its rows,
+    # the in-flight file is still there, and the report marks the run done
+    assert code == 0
+    for table in ("features", "projections", "suggestions"):
+        assert victim not in keys_in_parquet_files(warehouse, table)
+    assert live_keys(warehouse, "features") == set(all_keys(source))
+    assert os.path.exists(in_flight)
+    report = json.loads(open(store.report_uri(warehouse, manifest.batch_id)).read())
+    assert report["status"] == "complete" and report["retention_days"] == 0
+    assert all(outcome["after"]["snapshots"] == 1 for outcome in report["tables"].values())
+    assert report["tables"]["features"]["files_deleted"] >= 1
 
 
 def test_a_removal_processed_after_a_re_upload_keeps_the_new_version(spark, source, weights, tmp_path):

@@ -93,3 +93,16 @@ def test_a_listing_mode_manifest_with_items_is_refused():
     # THEN it is refused, naming the rule
     with pytest.raises(ManifestError, match="'sweep' manifest carries no items"):
         build_manifest("sweep", "s3://b", items(("raw/A/1.jpg", "e")), nonce="n")
+
+
+def test_a_maintain_manifest_round_trips_with_its_retention_and_refuses_a_bad_one():
+    # GIVEN an upkeep request with a 7-day snapshot retention
+    manifest = build_manifest("maintain", "s3://b", [], nonce="2026-11-23T03:00:00Z", extra={"retention_days": 7})
+    # THEN it reads back unchanged
+    assert parse_manifest(manifest.to_json()) == manifest
+    # AND one without a retention, with a negative or non-numeric one, or with photos is refused by name
+    for extra in ({}, {"retention_days": -1}, {"retention_days": "7"}, {"retention_days": True}):
+        with pytest.raises(ManifestError, match="extra.retention_days"):
+            build_manifest("maintain", "s3://b", [], nonce="n", extra=extra)
+    with pytest.raises(ManifestError, match="'maintain' manifest carries no items"):
+        build_manifest("maintain", "s3://b", items(("raw/A/1.jpg", "e")), nonce="n", extra={"retention_days": 7})

@@ -87,6 +87,26 @@ def test_full_recompute_event_writes_one_item_less_full_manifest_and_starts_its_
     assert [step["Config"]["Args"] for step in cluster_steps(cluster_id)] == [expected_step_args(key)]
     assert result["images"] == 0 and result["submitted"] is True
 
+def test_maintain_schedule_writes_a_maintain_manifest_with_the_stack_retention_and_starts_its_step(
+    template_env, cluster_id, lambda_context, load_event, stored_manifests, cluster_steps
+):
+    # GIVEN the trigger deployed with the template's default snapshot retention (7 days)
+    assert template_env["VERGER_RETENTION_DAYS"] == "7"
+
+    # WHEN events/scheduled-maintain.json arrives, twice (Scheduler delivers at least once)
+    result = handler(load_event("scheduled-maintain.json"), lambda_context)
+    handler(load_event("scheduled-maintain.json"), lambda_context)
+
+    # THEN one item-less maintain manifest carries the retention, its nonce is the scheduled time,
+    # and one step runs the job on it with the usual arguments
+    [(key, manifest)] = stored_manifests(BUCKET).items()
+    assert manifest["mode"] == "maintain" and manifest["items"] == []
+    assert manifest["extra"] == {"retention_days": 7} and manifest["nonce"] == "2026-11-23T03:00:00Z"
+    assert [step["Config"]["Args"] for step in cluster_steps(cluster_id)] == [expected_step_args(key)]
+    assert [step["Name"] for step in cluster_steps(cluster_id)] == [f"verger-{manifest['batch_id']}-attempt-1"]
+    assert result["submitted"] is True and result["images"] == 0
+
+
 def test_the_same_sqs_batch_delivered_twice_gives_one_manifest_and_one_step(
     template_env, cluster_id, lambda_context, load_event, stored_manifests, cluster_steps
 ):

@@ -11,6 +11,8 @@ import pytest
 
 from bootstrap import stage
 from contract import layout
+from emr_job.upkeep import DEFAULT_RETENTION
+from functions.settings import DEFAULT_RETENTION_DAYS
 
 REPO = Path(__file__).resolve().parents[3]
 IMAGE_SUFFIX_VARIANTS = {s for suffix in layout.IMAGE_SUFFIXES for s in (suffix, suffix.upper())}
@@ -293,7 +295,7 @@ def test_function_environment_sets_every_variable_the_trigger_reads(template, tr
         "VERGER_BUCKET", "VERGER_LAUNCHER", "VERGER_EMR_CLUSTER_ID", "VERGER_EMR_APPLICATION_ID",
         "VERGER_EMR_JOB_ROLE_ARN", "VERGER_JOB_ENTRYPOINT", "VERGER_WAREHOUSE_URI", "VERGER_WEIGHTS_URI",
         "VERGER_VARIANCE_TARGET", "VERGER_MAX_IMAGES_PER_MANIFEST", "VERGER_MAX_ATTEMPTS",
-        "VERGER_RECONCILE_GRACE_MINUTES", "VERGER_ALERT_TOPIC_ARN",
+        "VERGER_RECONCILE_GRACE_MINUTES", "VERGER_RETENTION_DAYS", "VERGER_ALERT_TOPIC_ARN",
         "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL",
     } | cluster
 
@@ -323,13 +325,29 @@ def test_queue_events_report_batch_item_failures_with_a_window_parameter(trigger
 
 
 def test_the_schedule_sends_reconcile_with_its_scheduled_time_as_the_sweep_nonce(template, trigger):
-    # GIVEN the function's Scheduler event
-    (event,) = [e for e in trigger["Events"].values() if e["Type"] == "ScheduleV2"]
+    # GIVEN the function's reconcile Scheduler event
+    event = trigger["Events"]["Reconcile"]
+    assert event["Type"] == "ScheduleV2"
     props = event["Properties"]
     # THEN it runs on the ReconcileSchedule parameter (6 hours by default) with Scheduler's own time
     assert props["ScheduleExpression"] == {"Ref": "ReconcileSchedule"}
     assert template["Parameters"]["ReconcileSchedule"]["Default"] == "rate(6 hours)"
     assert json.loads(props["Input"]) == {"action": "reconcile", "scheduled_time": "<aws.scheduler.scheduled-time>"}
+
+
+def test_the_upkeep_schedule_sends_maintain_and_the_trigger_gets_the_retention_parameter(template, trigger):
+    # GIVEN the function's upkeep Scheduler event
+    event = trigger["Events"]["Maintain"]
+    assert event["Type"] == "ScheduleV2"
+    props = event["Properties"]
+    # THEN it runs daily by default on the MaintainSchedule parameter, with Scheduler's own time as nonce
+    assert props["ScheduleExpression"] == {"Ref": "MaintainSchedule"}
+    assert template["Parameters"]["MaintainSchedule"]["Default"] == "rate(1 day)"
+    assert json.loads(props["Input"]) == {"action": "maintain", "scheduled_time": "<aws.scheduler.scheduled-time>"}
+    # AND the trigger passes the stack's retention, whose default is the documented erasure time
+    assert trigger["Environment"]["Variables"]["VERGER_RETENTION_DAYS"] == {"Ref": "SnapshotRetentionDays"}
+    retention = template["Parameters"]["SnapshotRetentionDays"]
+    assert retention["Default"] == DEFAULT_RETENTION_DAYS == DEFAULT_RETENTION.days and retention["MinValue"] >= 1
 
 
 def test_trigger_reserves_at_least_the_queues_maximum_concurrency_unless_told_not_to(template, trigger):
