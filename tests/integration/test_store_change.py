@@ -9,6 +9,7 @@ import shutil
 import time
 from datetime import timedelta
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -105,7 +106,7 @@ def test_the_scheduled_upkeep_step_finishes_an_erasure_and_spares_a_commit_in_fl
     # … and the files of a batch being written now (not committed yet)
     in_flight = store.attempt_dir(warehouse, "features", "incr-inflight") + "/part-0.parquet"
     os.makedirs(os.path.dirname(in_flight))
-    shutil.copy(glob.glob(f"{warehouse}/features/data/**/*.parquet", recursive=True)[0], in_flight)
+    pq.write_table(pa.table({"image_key": ["inbox/in-flight.jpg"]}), in_flight)
 
     # WHEN the schedule's maintain manifest (retention 0 days) runs through the step entry point, without weights
     manifest = build_manifest("maintain", uri, [], nonce="2026-11-23T03:00:00Z", extra={"retention_days": 0})
