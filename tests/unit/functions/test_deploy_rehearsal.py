@@ -128,13 +128,21 @@ def test_a_step_that_always_fails_runs_three_times_and_tells_the_stack_topic_onc
     assert len(inbox()) == 1
 
 
+def scheduled_payload(stack: dict[str, Any], action: str, scheduled_time: str) -> dict[str, Any]:
+    """The input of the Scheduler schedule SAM made for `action`, with Scheduler's context attribute
+    filled in as it does."""
+    inputs = [r["Properties"]["Target"]["Input"] for r in stack["template"]["Resources"].values()
+              if r["Type"] == "AWS::Scheduler::Schedule"]
+    (payload,) = [text for text in inputs if json.loads(text)["action"] == action]
+    return json.loads(payload.replace("<aws.scheduler.scheduled-time>", scheduled_time))
+
+
 def test_the_stack_schedule_input_reconciles_and_submits_one_sweep(stack, lambda_context):
-    # GIVEN the Scheduler schedule SAM made, with Scheduler's context attribute filled in as it does
-    (schedule,) = [r for r in stack["template"]["Resources"].values() if r["Type"] == "AWS::Scheduler::Schedule"]
-    payload = schedule["Properties"]["Target"]["Input"].replace("<aws.scheduler.scheduled-time>", "2026-11-23T18:00:00Z")
+    # GIVEN the reconcile schedule's input
+    payload = scheduled_payload(stack, "reconcile", "2026-11-23T18:00:00Z")
 
     # WHEN it is delivered twice
-    results = [handler(json.loads(payload), lambda_context) for _ in range(2)]
+    results = [handler(copy.deepcopy(payload), lambda_context) for _ in range(2)]
 
     # THEN one sweep batch, with its manifest in the stack's bucket
     assert results[0]["sweep_batch_id"] == results[1]["sweep_batch_id"]
@@ -180,3 +188,20 @@ def test_without_the_option_the_nodes_get_no_session_manager_permission(stack):
     assert "ssmmessages" not in node_document and "ssm:" not in node_document
     assert "NotebookUserPolicyArn" not in stack["outputs"] and "NotebookUserPolicy" not in stack["resources"]
     assert stack["environment"]["VERGER_CLUSTER_NOTEBOOK"] == ""
+
+
+def test_the_stack_upkeep_schedule_starts_one_maintain_run_with_the_stack_retention(stack, lambda_context):
+    # GIVEN the upkeep schedule's input
+    payload = scheduled_payload(stack, "maintain", "2026-11-23T03:00:00Z")
+
+    # WHEN it is delivered twice
+    results = [handler(copy.deepcopy(payload), lambda_context) for _ in range(2)]
+
+    # THEN one maintain manifest, with the stack's retention, in the stack's bucket, and one step on the cluster
+    assert results[0]["batch_id"] == results[1]["batch_id"] and results[1]["submitted"] is False
+    manifest = json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key=f"manifests/{results[0]['batch_id']}.json")
+                          ["Body"].read())
+    assert manifest["mode"] == "maintain" and manifest["extra"] == {"retention_days": 7}
+    emr = boto3.client("emr")
+    steps = emr.list_steps(ClusterId=find_live_cluster(emr, stack["outputs"]["ClusterName"]))["Steps"]
+    assert [step["Name"] for step in steps] == [f"verger-{manifest['batch_id']}-attempt-1"]
