@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+from datetime import timedelta
 
 import boto3
 import botocore.client
@@ -14,6 +15,7 @@ import pytest
 
 from contract import layout
 from emr_job import blobs, store
+from emr_job.upkeep import Upkeep, data_roots, maintain
 from tests.unit.template.test_template_security import allowed, as_list, policy_documents, text
 from verger.embedded import moto_server
 
@@ -86,8 +88,16 @@ def glue_store(tmp_path_factory):
         tables = {name: glue.get_table(DatabaseName=layout.NAMESPACE, Name=name)["Table"] for name in rows}
         properties = {name: store.load_table(catalog, name).properties for name in rows}
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
-        yield {"job_calls": list(calls), "calls": calls, "tables": tables, "rows": rows, "keys": keys,
-               "warehouse": warehouse, "properties": properties}
+        job_calls = list(calls)
+        # WHEN the scheduled upkeep runs on them, the retention and the safety window elapsed
+        calls.clear()
+        maintain(catalog, warehouse, Upkeep(retention=timedelta(0), orphan_age=timedelta(0)))
+        upkeep_calls = list(calls)
+        roots = [root for name in rows for root in data_roots(warehouse, store.load_table(catalog, name), name)]
+        after = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+        yield {"job_calls": job_calls, "calls": calls, "tables": tables, "rows": rows, "keys": keys,
+               "warehouse": warehouse, "properties": properties, "upkeep_calls": upkeep_calls, "upkeep_roots": roots,
+               "upkeep_deleted": sorted(set(keys) - set(after)), "upkeep_written": sorted(set(after) - set(keys))}
     blobs.s3.cache_clear()
 
 
@@ -135,6 +145,24 @@ def test_job_policy_allows_writing_every_object_the_commit_wrote(resources, glue
     assert any("/metadata/" in key for key in glue_store["keys"])
     for key in glue_store["keys"]:
         assert permits(job, "s3:PutObject", f"arn:aws:s3:::{BUCKET}/{key}"), key
+
+
+def test_job_policy_allows_what_the_scheduled_upkeep_did_on_s3_and_glue(resources, glue_store):
+    job = policy_documents(resources)["JobDataAccessPolicy"]
+    # THEN upkeep rewrote files and deleted the replaced ones (compaction, expiry, orphans) …
+    assert any(key.endswith(".parquet") for key in glue_store["upkeep_deleted"])
+    assert any(key.endswith(".parquet") for key in glue_store["upkeep_written"])
+    # … and the job's policy allows every Glue call, deletion, write and listing it made
+    table_arn = f"arn:aws:glue:{REGION}:{ACCOUNT}:table/{layout.NAMESPACE}/{layout.FEATURES_TABLE}"
+    for operation in {operation for service, operation in glue_store["upkeep_calls"] if service == "glue"}:
+        assert permits(job, f"glue:{operation}", table_arn), operation
+    for key in glue_store["upkeep_deleted"]:
+        assert permits(job, "s3:DeleteObject", f"arn:aws:s3:::{BUCKET}/{key}"), key
+    for key in glue_store["upkeep_written"]:
+        assert permits(job, "s3:PutObject", f"arn:aws:s3:::{BUCKET}/{key}"), key
+    for root in glue_store["upkeep_roots"]:  # where it looked for unreferenced files
+        prefix = root.removeprefix(f"s3://{BUCKET}/") + "/"
+        assert permits(job, "s3:ListBucket", f"arn:aws:s3:::{BUCKET}", prefix=prefix), prefix
 
 
 def test_notebook_reads_the_glue_store_on_s3_read_only(glue_store):
