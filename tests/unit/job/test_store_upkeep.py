@@ -117,33 +117,23 @@ def test_upkeep_keeps_files_younger_than_the_safety_window_and_snapshots_within_
     assert live_keys(catalog) == ["raw/A/0.jpg", "raw/A/1.jpg"]
 
 
-def test_a_key_filtered_scan_plans_only_the_files_that_may_hold_the_keys(warehouse):
+@pytest.mark.parametrize("keys", [
+    ["raw/Apple Crimson/1.jpg"],
+    # more keys than pyiceberg prunes with in one `In`
+    [f"raw/Apple Crimson/{i}.jpg" for i in range(5000)],
+], ids=["one-key", "5000-keys"])
+def test_a_key_filtered_scan_plans_only_the_files_that_may_hold_the_keys(warehouse, keys):
     # GIVEN files with disjoint key ranges sharing a 16-character prefix (the default bound truncation)
     catalog = store.open_catalog(warehouse[0])
     for label in ("Apple Braeburn", "Apple Crimson", "Apple Golden"):
-        keys = [f"raw/{label}/{i}.jpg" for i in range(3)]
-        store.commit_files(catalog, layout.FEATURES_TABLE, write_batch(warehouse, keys, label[-4:]), label[-4:])
+        stored = [f"raw/{label}/{i}.jpg" for i in range(3)]
+        store.commit_files(catalog, layout.FEATURES_TABLE, write_batch(warehouse, stored, label[-4:]), label[-4:])
 
-    # WHEN the files for one key are planned
+    # WHEN the files for a batch's keys of one label are planned
     table = store.load_table(catalog, layout.FEATURES_TABLE)
-    files = store.data_files(table, store.keys_filter(["raw/Apple Crimson/1.jpg"]))
+    files = store.data_files(table, store.keys_filter(keys))
 
-    # THEN only the file that holds it is read
-    assert len(files) == 1 and "batch_id=mson" in files[0]
-
-
-def test_a_batch_of_thousands_of_keys_still_plans_only_the_files_that_may_hold_them(warehouse):
-    # GIVEN files with disjoint key ranges
-    catalog = store.open_catalog(warehouse[0])
-    for label in ("Apple Braeburn", "Apple Crimson", "Apple Golden"):
-        keys = [f"raw/{label}/{i}.jpg" for i in range(3)]
-        store.commit_files(catalog, layout.FEATURES_TABLE, write_batch(warehouse, keys, label[-4:]), label[-4:])
-
-    # WHEN a batch of 5,000 keys of one label (more than pyiceberg prunes with in one `In`) is planned
-    table = store.load_table(catalog, layout.FEATURES_TABLE)
-    files = store.data_files(table, store.keys_filter([f"raw/Apple Crimson/{i}.jpg" for i in range(5000)]))
-
-    # THEN still only the file that may hold them is read
+    # THEN only the file that may hold them is read
     assert len(files) == 1 and "batch_id=mson" in files[0]
 
 
