@@ -19,6 +19,7 @@ from PIL import Image
 from pyiceberg.expressions import AlwaysTrue, EqualTo
 
 from contract import layout
+from contract.manifest import MAINTAIN_MODE
 from emr_job import blobs, store
 from emr_job.fetch import fetch_all
 from verger import report
@@ -79,10 +80,12 @@ def counts_by(rows: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def batch_reports(data: Store, limit: int | None = None) -> list[dict]:
-    """The batches' reports, oldest first (the `limit` most recent if given)."""
+    """The batches' reports, oldest first (the `limit` most recent if given); the scheduled upkeep
+    runs' reports lie beside them (the reconciliation looks there) but describe no photos."""
     folder = layout.warehouse_path(data.warehouse, layout.REPORTS_DIR)
     uris = [layout.warehouse_path(folder, name) for name in list_names(folder) if name.endswith(".json")]
-    reports = sorted((json.loads(blobs.read_bytes(uri)) for uri in uris), key=lambda r: r["ingested_at"])
+    batches = [report for report in map(json.loads, map(blobs.read_bytes, uris)) if report.get("mode") != MAINTAIN_MODE]
+    reports = sorted(batches, key=lambda r: r["ingested_at"])
     return reports[-limit:] if limit else reports
 
 

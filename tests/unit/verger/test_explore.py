@@ -77,6 +77,20 @@ def sql():
     return connection, {name: query["QueryString"] for name, query in explore.saved_queries().items()}
 
 
+def test_batch_reports_leave_out_the_scheduled_upkeep_runs_reports(tmp_path):
+    # GIVEN two batch reports and the report of an upkeep run in the warehouse's reports folder
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    for name, body in {"incr-2": {"batch_id": "incr-2", "mode": "incremental", "ingested_at": "2"},
+                       "main-1": {"batch_id": "main-1", "mode": "maintain", "tables": {}},
+                       "incr-1": {"batch_id": "incr-1", "mode": "incremental", "ingested_at": "1"}}.items():
+        (folder / f"{name}.json").write_text(json.dumps(body))
+    # WHEN the notebook lists the batches
+    reports = explore.batch_reports(explore.Store(str(tmp_path), {}))
+    # THEN only the batches are listed, oldest first
+    assert [report["batch_id"] for report in reports] == ["incr-1", "incr-2"]
+
+
 def test_photos_per_label_counts_a_reuploaded_photo_once(sql):
     connection, queries = sql
     assert connection.sql(queries["photos-per-label"]).fetchall() == [("(inbox)", 2), ("Kiwi", 2), ("Lemon", 1)]
