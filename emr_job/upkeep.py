@@ -58,10 +58,11 @@ def run_maintenance(manifest: Manifest, warehouse: str) -> dict:
     """A `maintain` manifest's run (the scheduled upkeep on AWS): every table kept up with the
     manifest's retention, the report written where a batch's goes, so a run that ended is not
     relaunched by the reconciliation and one that did not is."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="microseconds")
     retention_days = manifest.extra[RETENTION_DAYS]
     tables = maintain(store.open_catalog(warehouse), warehouse, Upkeep(retention=timedelta(days=retention_days)))
-    report = {"batch_id": manifest.batch_id, "mode": manifest.mode, "retention_days": retention_days,
+    report = {"batch_id": manifest.batch_id, "mode": manifest.mode, "ingested_at": started_at,
+              "retention_days": retention_days,
               "tables": tables, "seconds": {"total": round(time.perf_counter() - started, 3)}, "status": "complete"}
     blobs.write_bytes(store.report_uri(warehouse, manifest.batch_id), json.dumps(report, indent=1).encode())
     return report
