@@ -24,7 +24,7 @@ from emr_job.extract import OUTPUT_SCHEMA, extract_partitions
 from emr_job.images import Reason
 from emr_job.listing import LISTING_SCHEMA, list_source
 from emr_job.projections import apply_pca
-from emr_job.readers import current_features, current_versions, table_rows
+from emr_job.readers import current_versions, table_rows, with_features
 from emr_job.settings import JobSettings
 from emr_job.suggest import suggest_for_batch
 
@@ -55,22 +55,26 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
     if batch.erase_absent:
         report["erasure_of_absent"] = erase(spark, catalog, settings.warehouse, manifest.source,
                                             manifest.batch_id, batch.erase_absent)
+    extracted = None
     if batch.todo_count:
-        extraction = extract_and_commit(spark, catalog, manifest, batch, settings, ingested_at)
+        extraction, extracted = extract_and_commit(spark, catalog, manifest, batch, settings, ingested_at)
         report["images"].update(extraction["images"])
         report["seconds"].update(extraction["seconds"])
     else:
         report["images"].update({"new": 0, "quarantined": 0, "quarantined_by_reason": {}})
     batch.release()
+    fresh = None if extracted is None else extracted.where(F.col("reason").isNull())
 
     began = time.perf_counter()
-    report["pca"] = apply_pca(spark, catalog, manifest, settings, batch.keys)
+    report["pca"] = apply_pca(spark, catalog, manifest, settings, batch.keys, fresh)
     report["seconds"]["pca"] = round(time.perf_counter() - began, 3)
-    unsuggested = unsuggested_rows(spark, catalog, batch.keys).persist(StorageLevel.MEMORY_AND_DISK)
+    unsuggested = unsuggested_rows(spark, catalog, batch.keys, fresh).persist(StorageLevel.MEMORY_AND_DISK)
     if not unsuggested.isEmpty():
         report["suggestions"] = suggest_for_batch(spark, catalog, settings.warehouse, manifest.source,
                                                   manifest.batch_id, unsuggested)
     unsuggested.unpersist()
+    if extracted is not None:
+        extracted.unpersist()
 
     total = time.perf_counter() - started
     report["seconds"]["total"] = round(total, 3)
@@ -137,12 +141,12 @@ def plan_batch(spark: SparkSession, catalog, manifest: Manifest, ingested_at: st
     return Batch(todo, todo_count, counts, keys, absent)
 
 
-def unsuggested_rows(spark: SparkSession, catalog, keys: list[str] | None) -> DataFrame:
+def unsuggested_rows(spark: SparkSession, catalog, keys: list[str] | None, fresh: DataFrame | None = None) -> DataFrame:
     """The batch's unlabelled photos with no suggestion for their current version: this batch's new
-    ones, and any a killed earlier run left without one."""
-    photos = current_features(spark, catalog, keys).where(F.col("label").isNull())
+    ones (their features from `fresh`), and any a killed earlier run left without one."""
+    photos = current_versions(spark, catalog, keys).where(F.col("label").isNull()).select("image_key", "etag")
     done = table_rows(spark, catalog, layout.SUGGESTIONS_TABLE, "image_key string, etag string", keys)
-    return photos.join(done, ["image_key", "etag"], "left_anti").select("image_key", "etag", "features")
+    return with_features(spark, catalog, photos.join(done, ["image_key", "etag"], "left_anti"), fresh, keys)
 
 
 def replaced_versions(batch: Batch, transient: list[str]) -> dict[str, str]:
@@ -168,9 +172,10 @@ def features_delete_filter(manifest: Manifest, replaced: dict[str, str], transie
     return store.keys_filter(replaced)
 
 
-def extract_and_commit(spark, catalog, manifest, batch: Batch, settings, ingested_at) -> dict:
+def extract_and_commit(spark, catalog, manifest, batch: Batch, settings, ingested_at) -> tuple[dict, DataFrame]:
     """Features for the batch's todo rows, committed with their quarantine rows (quarantine
-    first: a photo is never without either); returns the extraction part of the report."""
+    first: a photo is never without either); returns the extraction part of the report and the
+    extracted rows, kept in memory for the PCA and suggestion steps (the caller unpersists them)."""
     cores = spark.sparkContext.defaultParallelism
     # Every core gets work as soon as there is an inference batch for it (a 100-photo batch on
     # one core would take twice as long); large batches get partitions of ROWS_PER_PARTITION.
@@ -227,13 +232,12 @@ def extract_and_commit(spark, catalog, manifest, batch: Batch, settings, ingeste
             store.commit_files(catalog, name, [], manifest.batch_id, delete_filter=superseded)
     store.commit_files(catalog, layout.FEATURES_TABLE, feature_files, manifest.batch_id,
                        delete_filter=features_delete_filter(manifest, replaced, transient, ingested_at))
-    extracted.unpersist()
     write_wall = time.perf_counter() - began
 
     def task_seconds(name: str) -> float:
         return round(sum(getattr(row, name) or 0.0 for row in outcomes), 3)
 
-    return {
+    extraction = {
         "images": {
             "new": new_count,
             "quarantined": sum(by_reason.values()),
@@ -247,3 +251,4 @@ def extract_and_commit(spark, catalog, manifest, batch: Batch, settings, ingeste
             "write_and_commit": round(write_wall, 3),
         },
     }
+    return extraction, extracted

@@ -14,13 +14,14 @@ from pyspark.sql import functions as F
 
 from contract import layout
 from emr_job import pca, store
-from emr_job.readers import current_features, current_pca_version, table_rows
+from emr_job.readers import current_features, current_pca_version, current_versions, table_rows, with_features
 from emr_job.settings import JobSettings
 
 
-def apply_pca(spark, catalog, manifest, settings, keys: list[str] | None) -> dict:
+def apply_pca(spark, catalog, manifest, settings, keys: list[str] | None, fresh: DataFrame | None = None) -> dict:
     """Refit (full mode, or no model yet) or project the rows of the batch's `keys` (None: every
-    key) that have no projection under the current model."""
+    key) that have no projection under the current model; `fresh` holds the rows this run just
+    extracted, so their features need not be read back."""
     stored = store.row_count(store.load_table(catalog, layout.FEATURES_TABLE))
     if stored < 2:
         return {"action": "none", "reason": f"{stored} feature row(s) stored: a PCA needs at least 2"}
@@ -28,7 +29,7 @@ def apply_pca(spark, catalog, manifest, settings, keys: list[str] | None) -> dic
     if manifest.mode == "full" or version is None:
         return refit(spark, catalog, settings, manifest.batch_id)
     model = pca.load(store.warehouse_root(settings.warehouse), version)
-    rows = rows_to_project(spark, catalog, manifest.batch_id, model.version, keys)
+    rows = rows_to_project(spark, catalog, manifest.batch_id, model.version, keys, fresh)
     projected = project(rows, model).persist(StorageLevel.MEMORY_AND_DISK)
     sums = projected.agg(
         F.count("*").alias("rows"),
@@ -52,18 +53,19 @@ def apply_pca(spark, catalog, manifest, settings, keys: list[str] | None) -> dic
     }
 
 
-def rows_to_project(spark, catalog, batch_id: str, version: str, keys: list[str] | None) -> DataFrame:
+def rows_to_project(spark, catalog, batch_id: str, version: str, keys: list[str] | None,
+                    fresh: DataFrame | None = None) -> DataFrame:
     """Current feature rows of `keys` with no projection under `version`: the batch's new rows,
-    and any that a run killed before its projections commit left behind (an anti-join over the
-    files that may hold the keys; nothing is collected)."""
+    and any that a run killed before its projections commit left behind (decided on the short
+    columns of the files that may hold the keys; features read only for rows not in `fresh`)."""
     done = (
         table_rows(spark, catalog, layout.PROJECTIONS_TABLE, "image_key string, etag string, pca_version string", keys)
         .where(F.col("pca_version") == version)
         .select("image_key", "etag")
     )
-    return current_features(spark, catalog, keys).join(done, ["image_key", "etag"], "left_anti").select(
-        "image_key", "etag", "features", F.lit(batch_id).alias("batch_id")
-    )
+    wanted = current_versions(spark, catalog, keys).select("image_key", "etag").join(done, ["image_key", "etag"],
+                                                                                       "left_anti")
+    return with_features(spark, catalog, wanted, fresh, keys).withColumn("batch_id", F.lit(batch_id))
 
 
 PROJECTION_SCHEMA = (

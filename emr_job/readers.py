@@ -55,6 +55,27 @@ def current_versions(spark: SparkSession, catalog, keys: list[str] | None = None
     return current_features(spark, catalog, keys, VERSION_SCHEMA)
 
 
+ROW_ID = ["image_key", "etag"]
+
+
+def with_features(spark: SparkSession, catalog, wanted: DataFrame, fresh: DataFrame | None,
+                  keys: list[str] | None) -> DataFrame:
+    """image_key, etag, features of the `wanted` (image_key, etag) rows: from `fresh` (the rows this
+    run extracted, still in memory) when there, else from the store. Only rows an earlier, killed
+    run left behind are read back, and only from the files that may hold their keys: the feature
+    vectors of a planned file are read whole (no page index), so planning by the batch's keys alone
+    would read most of a large store's vectors. (`keys` None: a listing mode, all distributed.)"""
+    empty = spark.createDataFrame([], "image_key string, etag string, features array<float>")
+    found = empty if fresh is None else fresh.select(*ROW_ID, "features").join(wanted, ROW_ID, "left_semi")
+    missing = wanted if fresh is None else wanted.join(fresh.select(*ROW_ID), ROW_ID, "left_anti")
+    if keys is not None:
+        keys = sorted({row.image_key for row in missing.select("image_key").collect()})  # batch-sized
+        if not keys:
+            return found
+    stored = current_features(spark, catalog, keys).join(missing, ROW_ID, "left_semi")
+    return found.unionByName(stored.select(*ROW_ID, "features"))
+
+
 def current_projections(spark: SparkSession, catalog) -> DataFrame | None:
     """Projections under the current PCA version, one row per (image_key, etag)."""
     version = current_pca_version(catalog)
