@@ -199,6 +199,16 @@ def test_bucket_keeps_previous_versions_and_expires_them(template, bucket):
     assert 1 <= template["Parameters"]["NoncurrentVersionDays"]["Default"] <= 90
 
 
+def test_files_the_upkeep_or_an_erasure_deletes_stay_recoverable_one_day_only(bucket):
+    # GIVEN the rules that expire previous versions under a prefix
+    rules = {r["Prefix"]: r for r in bucket["LifecycleConfiguration"]["Rules"]
+             if r.get("Prefix") and "NoncurrentVersionExpiration" in r and r["Status"] == "Enabled"}
+    # THEN a deleted data file or suggestion file is gone a day later, not NoncurrentVersionDays later
+    for prefix in ("warehouse/", "suggestions/"):
+        assert rules[prefix]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 1}
+        assert "ExpirationInDays" not in rules[prefix]  # current files belong to Iceberg, never to S3
+
+
 # ---------------------------------------------------------------- notifications and queue
 def test_every_image_suffix_under_raw_and_inbox_notifies_the_queue(bucket):
     # GIVEN the bucket's queue notifications
