@@ -13,8 +13,8 @@ from verger.suggest_evaluation import METHODS, SPLITS, evaluate, render_table
 def add_commands(subparsers) -> None:
     suggest = subparsers.add_parser(
         "suggest", help="suggest labels for local photos",
-        description="Top five labels for each photo (preprocessed and projected as the job does), "
-                    "with the nearest labelled images of the warehouse.",
+        description="Top five labels for each photo from the warehouse's current classifier "
+                    "(preprocessed as the job does), each with its label's exemplar photo.",
     )
     suggest.add_argument("photos", nargs="*", metavar="PHOTO")
     suggest.add_argument("--images", help="also every image below this folder")
