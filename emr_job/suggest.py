@@ -35,14 +35,19 @@ class NoClassifier(ValueError):
 
 
 def current_classifier(catalog, warehouse: str) -> classifier.Classifier:
-    """The classifier the pointer names, checked against the current PCA version."""
-    version = classifier.current_version(catalog)
+    """The classifier the pointer names, checked against the current PCA version (both switch in
+    one commit, so a mismatch means the warehouse was edited by hand)."""
+    version, pca_version = classifier.current_version(catalog), current_pca_version(catalog)
+    if pca_version is None:
+        raise NoClassifier("no PCA model in this warehouse yet: run a batch of labelled photos first")
     if version is None:
-        if current_pca_version(catalog) is None:
-            raise NoClassifier("no PCA model in this warehouse yet: run a batch of labelled photos first")
         raise NoClassifier("no classifier for the current PCA: no labelled photos at the last refit "
                            "(or a store from before classifiers); run `verger refit`")
-    return classifier.load(store.warehouse_root(warehouse), version)
+    model = classifier.load(store.warehouse_root(warehouse), version)
+    if model.pca_version != pca_version:
+        raise NoClassifier(f"classifier {version} was fitted with {model.pca_version}, but {pca_version} "
+                           "is current: run `verger refit`")
+    return model
 
 
 def rank_labels(probabilities: np.ndarray, label_names: np.ndarray, top: int = TOP_LABELS

@@ -14,6 +14,7 @@ from moto import mock_aws
 from contract.layout import UnsafeKey
 from emr_job.classifier import UNCERTAIN_BELOW, Classifier, fit_from_moments, moments_of
 from emr_job.images import Reason
+from emr_job import suggest as suggest_module
 from emr_job.suggest import json_uri, rank_labels, suggest, write_json_files
 from verger.suggest_commands import photo_paths, read_photo
 
@@ -132,3 +133,21 @@ def test_a_missing_or_unreadable_photo_is_rejected_with_its_reason(tmp_path):
     assert read_photo(str(tmp_path / "absent.jpg")).reason == Reason.MISSING
     assert read_photo(str(tmp_path / "bad.jpg")).reason == Reason.NOT_AN_IMAGE
 
+
+
+@pytest.mark.parametrize("pointers, message", [
+    ((None, None), "no PCA model in this warehouse yet"),
+    ((None, "pca-1"), "no classifier for the current PCA"),
+    (("classifier-1", "pca-2"), "fitted with pca-1, but pca-2 is current"),
+])
+def test_suggestions_without_a_classifier_of_the_current_pca_say_why(monkeypatch, pointers, message):
+    # GIVEN the pointers (classifier, PCA) of a warehouse, and a classifier fitted with pca-1
+    monkeypatch.setattr(suggest_module.classifier, "current_version", lambda catalog: pointers[0])
+    monkeypatch.setattr(suggest_module, "current_pca_version", lambda catalog: pointers[1])
+    monkeypatch.setattr(suggest_module.classifier, "load", lambda warehouse, version: model())
+    # THEN no suggestion is made from a missing or mismatched classifier, and the reason is named
+    with pytest.raises(suggest_module.NoClassifier, match=message):
+        suggest_module.current_classifier(None, "/wh")
+    monkeypatch.setattr(suggest_module, "current_pca_version", lambda catalog: "pca-1")
+    monkeypatch.setattr(suggest_module.classifier, "current_version", lambda catalog: "classifier-1")
+    assert suggest_module.current_classifier(None, "/wh").pca_version == "pca-1"
