@@ -1,11 +1,12 @@
-"""The label classifier: shrunk linear discriminant analysis on L2-normalised features, fitted at
-refit time from per-label moments and versioned with the PCA it was fitted alongside.
+"""The label classifier: shrunk linear discriminant analysis on the photo's direction in PCA space
+(unit-length PCA coordinates), fitted at refit time from per-label moments and versioned with the
+PCA it was fitted alongside.
 
 Why this method: see "Label suggestions" in docs/ARCHITECTURE.md (every candidate on every split).
-In short, it held up best on splits that separate capture sessions, a suggestion costs one
-(labels × 1280) product per photo whatever the size of the store, and its fit needs only sums:
-each partition sends per-label counts and sums and one Σxxᵀ (as `emr_job.pca` does), the driver
-solves one 1280 × 1280 system. No feature row reaches the driver.
+In short: of the methods whose fit is one distributed pass, it held up best on splits that separate
+capture sessions; a suggestion costs one (labels × k) product per photo whatever the size of the
+store; and its fit needs only sums: each partition sends per-label counts and sums and one Σxxᵀ
+(as `emr_job.pca` does), the driver solves one k × k system. No feature row reaches the driver.
 """
 from __future__ import annotations
 
@@ -21,16 +22,17 @@ import numpy as np
 import pandas as pd
 
 from contract import layout
-from emr_job import blobs, store
+from emr_job import blobs, pca, store
 
 if TYPE_CHECKING:  # the arithmetic and the model files need no Spark (`verger evaluate-suggestions`)
     from pyspark.sql import DataFrame
 
-METHOD = "lda/l2/shrunk"
-# Weight of the scaled identity in the shrunk within-label covariance (see ARCHITECTURE.md).
-SHRINKAGE = 0.2
-# Softmax temperature of the discriminant scores, chosen by likelihood on the series split.
-TEMPERATURE = 1.0
+METHOD = "lda/pca-direction/shrunk"
+# Weight of the scaled identity in the shrunk within-label covariance: the best of 0.02/0.1/0.2/0.5
+# on the series and leave-one-series-out splits (ARCHITECTURE.md).
+SHRINKAGE = 0.5
+# Softmax temperature of the discriminant scores: the likelihood-optimal one on the series split.
+TEMPERATURE = 63.0
 # A photo whose top score is below this is flagged uncertain (series-split table in ARCHITECTURE.md).
 UNCERTAIN_BELOW = 0.5
 MOMENTS_SCHEMA = "labels array<string>, counts array<long>, sums binary, outer binary"
@@ -41,23 +43,23 @@ class Classifier:
     version: str
     pca_version: str
     labels: np.ndarray  # (C,) str, sorted
-    weights: np.ndarray  # (C, d) float64
+    weights: np.ndarray  # (C, k) float64, k = the PCA's components
     bias: np.ndarray  # (C,) float64
     rows_per_label: np.ndarray  # (C,) int
     exemplar_keys: np.ndarray  # (C,) str: the stored photo closest to each label's mean
-    exemplars: np.ndarray  # (C, d) float64, unit rows: those photos' features
+    exemplars: np.ndarray  # (C, k) float64, unit rows: those photos' PCA directions
     shrinkage: float
     temperature: float
     fit_seconds: float
     created_at: str
 
-    def logits(self, features: np.ndarray) -> np.ndarray:
-        """(n, d) raw features → (n, C) discriminant scores (before the temperature)."""
-        return unit_rows(features) @ self.weights.T + self.bias
+    def logits(self, coordinates: np.ndarray) -> np.ndarray:
+        """(n, k) PCA coordinates → (n, C) discriminant scores (before the temperature)."""
+        return unit_rows(coordinates) @ self.weights.T + self.bias
 
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
-        """(n, d) raw features → (n, C) calibrated label probabilities."""
-        return softmax(self.logits(features) / self.temperature)
+    def probabilities(self, coordinates: np.ndarray) -> np.ndarray:
+        """(n, k) PCA coordinates → (n, C) calibrated label probabilities."""
+        return softmax(self.logits(coordinates) / self.temperature)
 
     def metadata(self) -> dict:
         return {
@@ -97,7 +99,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 @dataclass
 class LabelMoments:
-    """Sums over labelled rows of unit-length features: enough to fit the discriminant."""
+    """Sums over labelled rows of unit-length PCA coordinates: enough to fit the discriminant."""
 
     labels: np.ndarray  # (C,) str, sorted
     counts: np.ndarray  # (C,) int
@@ -114,9 +116,9 @@ class LabelMoments:
         return LabelMoments(labels, counts, sums, self.outer + other.outer)
 
 
-def moments_of(features: np.ndarray, labels: np.ndarray) -> LabelMoments:
-    """Moments of one block of rows: (n, d) raw features and their (n,) labels."""
-    x = unit_rows(features)  # (n, d)
+def moments_of(coordinates: np.ndarray, labels: np.ndarray) -> LabelMoments:
+    """Moments of one block of rows: (n, k) PCA coordinates and their (n,) labels."""
+    x = unit_rows(coordinates)  # (n, k)
     names, index = np.unique(np.asarray(labels, object).astype(str), return_inverse=True)
     sums = np.zeros((len(names), x.shape[1]))
     np.add.at(sums, index, x)
@@ -154,24 +156,26 @@ def fit_from_moments(moments: LabelMoments, pca_version: str, shrinkage: float =
     )
 
 
-def partial_moments(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+def partial_moments(frames: Iterator[pd.DataFrame], model: pca.PcaModel) -> Iterator[pd.DataFrame]:
     """mapInPandas over (label, features): one row per partition with its LabelMoments."""
     total = None
     for frame in frames:
         if not frame.empty:
-            part = moments_of(np.stack(frame["features"].to_numpy()), frame["label"].to_numpy())
+            part = moments_of(model.project(np.stack(frame["features"].to_numpy())), frame["label"].to_numpy())
             total = part if total is None else total + part
     if total is not None:
         yield pd.DataFrame({"labels": [list(total.labels)], "counts": [total.counts.tolist()],
                             "sums": [total.sums.tobytes()], "outer": [total.outer.tobytes()]})
 
 
-def fit(features: DataFrame, pca_version: str) -> Classifier | None:
-    """Fit over the labelled rows of a DataFrame (label, features); None when none is labelled."""
+def fit(features: DataFrame, model: pca.PcaModel) -> Classifier | None:
+    """Fit over the labelled rows of a DataFrame (label, features) projected with `model`; None
+    when no row is labelled."""
     started = time.perf_counter()
+    shared = features.sparkSession.sparkContext.broadcast(model)
     partitions = max(1, features.sparkSession.sparkContext.defaultParallelism)
-    partials = (features.where("label IS NOT NULL").select("label", "features")
-                .coalesce(partitions).mapInPandas(partial_moments, MOMENTS_SCHEMA))
+    partials = (features.where("label IS NOT NULL").select("label", "features").coalesce(partitions)
+                .mapInPandas(lambda frames: partial_moments(frames, shared.value), MOMENTS_SCHEMA))
 
     def decode(row) -> LabelMoments:
         outer = np.frombuffer(row.outer)
@@ -181,19 +185,20 @@ def fit(features: DataFrame, pca_version: str) -> Classifier | None:
 
     if partials.isEmpty():
         return None
-    moments = partials.rdd.map(decode).treeReduce(lambda a, b: a + b)
-    model = fit_from_moments(moments, pca_version)
-    model.exemplar_keys, model.exemplars = exemplars(features, model)
-    model.fit_seconds = time.perf_counter() - started
-    return model
+    fitted = fit_from_moments(partials.rdd.map(decode).treeReduce(lambda a, b: a + b), model.version)
+    fitted.exemplar_keys, fitted.exemplars = exemplars(features, fitted, shared)
+    shared.unpersist()
+    fitted.fit_seconds = time.perf_counter() - started
+    return fitted
 
 
 EXEMPLAR_SCHEMA = "label string, similarity double, image_key string, features array<double>"
 
 
-def exemplars(features: DataFrame, model: Classifier) -> tuple[np.ndarray, np.ndarray]:
+def exemplars(features: DataFrame, model: Classifier, projection) -> tuple[np.ndarray, np.ndarray]:
     """Per label, the stored photo most similar to the label's mean (the app shows it beside the
-    suggestion): each partition sends its best row per label, Spark keeps the best of those."""
+    suggestion): each partition sends its best row per label, Spark keeps the best of those.
+    `projection` is the broadcast PCA model."""
     from pyspark.sql import functions as F
 
     shared = features.sparkSession.sparkContext.broadcast((model.labels, model.exemplars))
@@ -203,7 +208,7 @@ def exemplars(features: DataFrame, model: Classifier) -> tuple[np.ndarray, np.nd
         for frame in frames:
             if frame.empty:
                 continue
-            x = unit_rows(np.stack(frame["features"].to_numpy()))  # (n, d)
+            x = unit_rows(projection.value.project(np.stack(frame["features"].to_numpy())))  # (n, k)
             label_index = np.searchsorted(labels, frame["label"].to_numpy())
             similarity = (x * means[label_index]).sum(axis=1)  # (n,)
             best = pd.Series(similarity).groupby(label_index).idxmax().to_numpy()
@@ -253,14 +258,14 @@ def load(warehouse: str, version: str) -> Classifier:
     )
 
 
-def refit(features: DataFrame, pca_version: str, warehouse: str) -> tuple[dict[str, str], dict]:
+def refit(features: DataFrame, model: pca.PcaModel, warehouse: str) -> tuple[dict[str, str], dict]:
     """At a PCA refit: fit, save, and return the pointer property for the projections commit and
     the report. No labelled row: the pointer is cleared (an old classifier belongs to an old PCA)."""
-    model = fit(features, pca_version)
-    if model is None:
+    fitted = fit(features, model)
+    if fitted is None:
         return {layout.CURRENT_CLASSIFIER_PROPERTY: ""}, {"action": "none", "reason": "no labelled photos"}
-    save(model, warehouse, features)
-    return {layout.CURRENT_CLASSIFIER_PROPERTY: model.version}, {
-        "action": "fitted", "version": model.version, "method": METHOD, "labels": len(model.labels),
-        "rows_fitted": int(model.rows_per_label.sum()), "fit_seconds": round(model.fit_seconds, 3),
+    save(fitted, warehouse, features)
+    return {layout.CURRENT_CLASSIFIER_PROPERTY: fitted.version}, {
+        "action": "fitted", "version": fitted.version, "method": METHOD, "labels": len(fitted.labels),
+        "rows_fitted": int(fitted.rows_per_label.sum()), "fit_seconds": round(fitted.fit_seconds, 3),
     }

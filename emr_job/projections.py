@@ -106,7 +106,7 @@ def refit(spark, catalog, settings: JobSettings, batch_id: str = "refit") -> dic
     model = pca.fit(features, settings.variance)
     warehouse = store.warehouse_root(settings.warehouse)
     pca.save(model, warehouse)
-    pointer, fitted = classifier.refit(features, model.version, warehouse)
+    pointer, fitted = classifier.refit(features, model, warehouse)
     began = time.perf_counter()
     projected = project(features.withColumn("batch_id", F.lit(batch_id)), model)
     files = store.write_rows(

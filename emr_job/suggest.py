@@ -1,8 +1,8 @@
 """Label suggestions for unlabelled photos: the current classifier's five best labels.
 
 The classifier (`emr_job.classifier`) is fitted at refit time and named by a table property, so a
-suggestion costs one (labels × 1280) product per photo in the executors, whatever the size of the
-store. Beside each suggested label the app shows that label's exemplar (the stored photo closest
+suggestion costs one projection and one (labels × k) product per photo in the executors, whatever
+the size of the store. Beside each suggested label the app shows that label's exemplar (the stored photo closest
 to its mean) and the photo's cosine similarity to it.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 
 from contract import layout
-from emr_job import blobs, classifier, store
+from emr_job import blobs, classifier, pca, store
 from emr_job.readers import current_pca_version
 
 TOP_LABELS = 5
@@ -64,11 +64,11 @@ def rank_labels(probabilities: np.ndarray, label_names: np.ndarray, top: int = T
     return label_names[order], np.take_along_axis(probabilities, order, 1), order
 
 
-def suggest(model: classifier.Classifier, features: np.ndarray) -> dict[str, list | np.ndarray]:
-    """(m, 1280) raw features → the suggestions-table columns for them: labels, scores, uncertain,
-    and each suggested label's exemplar with the photo's similarity to it."""
-    names, scores, order = rank_labels(model.probabilities(features), model.labels)
-    similarity = classifier.unit_rows(features) @ model.exemplars.T  # (m, C)
+def suggest(model: classifier.Classifier, coordinates: np.ndarray) -> dict[str, list | np.ndarray]:
+    """(m, k) PCA coordinates → the suggestions-table columns for them: labels, scores, uncertain,
+    and each suggested label's exemplar with the photo's cosine similarity to it (in PCA space)."""
+    names, scores, order = rank_labels(model.probabilities(coordinates), model.labels)
+    similarity = classifier.unit_rows(coordinates) @ model.exemplars.T  # (m, C)
     return {
         "labels": list(names), "scores": list(scores.astype(np.float32)),
         "uncertain": scores[:, 0] < classifier.UNCERTAIN_BELOW,
@@ -77,19 +77,21 @@ def suggest(model: classifier.Classifier, features: np.ndarray) -> dict[str, lis
     }
 
 
-def suggestion_rows(rows: DataFrame, model: classifier.Classifier, batch_id: str) -> DataFrame:
+def suggestion_rows(rows: DataFrame, projection: pca.PcaModel, model: classifier.Classifier,
+                    batch_id: str) -> DataFrame:
     """This batch's (image_key, etag, features) → suggestions-table rows, computed in the executors."""
-    shared = rows.sparkSession.sparkContext.broadcast(model)
+    shared = rows.sparkSession.sparkContext.broadcast((projection, model))
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for frame in frames:
             if not frame.empty:
-                found = suggest(shared.value, np.stack(frame["features"].to_numpy()))
+                projection_, model_ = shared.value
+                found = suggest(model_, projection_.project(np.stack(frame["features"].to_numpy())))
                 yield pd.DataFrame({
                     "image_key": frame["image_key"].to_numpy(), "etag": frame["etag"].to_numpy(),
-                    "batch_id": batch_id, "pca_version": shared.value.pca_version,
-                    "method": f"{classifier.METHOD}@{shared.value.version}", **found, "created_at": created_at,
+                    "batch_id": batch_id, "pca_version": model_.pca_version,
+                    "method": f"{classifier.METHOD}@{model_.version}", **found, "created_at": created_at,
                 })
 
     return rows.select("image_key", "etag", "features").mapInPandas(run, SUGGESTION_SCHEMA)
@@ -144,7 +146,8 @@ def suggest_for_batch(spark, catalog, warehouse: str, source: str, batch_id: str
         model = current_classifier(catalog, warehouse)
     except NoClassifier as reason:
         return {"action": "none", "reason": str(reason)}
-    frame = suggestion_rows(rows, model, batch_id).persist(StorageLevel.MEMORY_AND_DISK)
+    projection = pca.load(store.warehouse_root(warehouse), model.pca_version)
+    frame = suggestion_rows(rows, projection, model, batch_id).persist(StorageLevel.MEMORY_AND_DISK)
     counts = frame.selectExpr("count(*) AS photos", "count_if(uncertain) AS uncertain").first()
     if counts.photos == 0:
         frame.unpersist()

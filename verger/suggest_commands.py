@@ -68,20 +68,21 @@ def read_photo(path: str):
 
 
 def command_suggest(args: argparse.Namespace) -> int:
-    from emr_job import store
+    from emr_job import pca, store
     from emr_job.engines import load_extractor
     from emr_job.suggest import current_classifier, suggest
     from emr_job.weights import resolve_weights
 
     paths = photo_paths(args.photos, args.images)
     model = current_classifier(store.open_catalog(args.warehouse), args.warehouse)
+    projection = pca.load(store.warehouse_root(args.warehouse), model.pca_version)
     extractor = load_extractor(resolve_weights(args.weights), "onnx", os.cpu_count())
     pixels = {path: read_photo(path) for path in paths}
     good = [path for path in paths if isinstance(pixels[path], np.ndarray)]
     if good:
         features = np.vstack([extractor(np.stack([pixels[p] for p in good[i:i + 32]]))
                               for i in range(0, len(good), 32)])  # (n, 1280)
-        found = suggest(model, features)
+        found = suggest(model, projection.project(features))
     for path in paths:
         if path in good:
             row = good.index(path)

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from contract.layout import DEFAULT_VARIANCE_TARGET
 from emr_job import classifier, pca
 
 FILE_PATTERN = re.compile(r"(?:^|/)(r[0-9]*_)?([0-9]+)_[^/]*$")  # Fruits-360: [r_|r2_…]<frame>_<size>.jpg
@@ -23,7 +24,7 @@ SPLITS = ("block", "gap", "series", "loso")
 HELD_OUT_SHARE = 0.2
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 CALIBRATION_BINS = 15
-SHIPPED = "lda/l2/shrunk (shipped)"
+SHIPPED = "lda/pca-direction (shipped)"
 
 Method = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
 
@@ -144,11 +145,19 @@ def uncertainty_table(probabilities: np.ndarray, truth: np.ndarray) -> list[dict
 # probabilities over every label (zero for a label without training rows).
 
 
+def training_pca(train: np.ndarray) -> pca.PcaModel:
+    """The PCA a refit would fit on these rows (the store's default variance target)."""
+    x = train.astype(np.float64)
+    return pca.fit_from_moments(len(x), x.sum(axis=0), x.T @ x, DEFAULT_VARIANCE_TARGET)
+
+
 def shipped_logits(train: np.ndarray, labels: np.ndarray, test: np.ndarray, count: int) -> np.ndarray:
-    """The job's classifier, fitted by its own code on the training rows; scores before temperature."""
-    model = classifier.fit_from_moments(classifier.moments_of(train, labels), "evaluation")
+    """The job's classifier, fitted by its own code on the training rows (with a PCA fitted on them
+    too); scores before the temperature."""
+    projection = training_pca(train)
+    model = classifier.fit_from_moments(classifier.moments_of(projection.project(train), labels), "evaluation")
     logits = np.full((len(test), count), -np.inf)
-    logits[:, model.labels.astype(int)] = model.logits(test)
+    logits[:, model.labels.astype(int)] = model.logits(projection.project(test))
     return logits
 
 
@@ -166,8 +175,7 @@ def cosine_chunks(train: np.ndarray, test: np.ndarray, rows: int = 1024) -> Iter
 
 def nearest_per_class(train, labels, test, count, temperature: float = 0.05):
     """The previous method: each label's most similar stored photo in PCA space, softmax at 0.05."""
-    x = train.astype(np.float64)
-    model = pca.fit_from_moments(len(x), x.sum(axis=0), x.T @ x, 0.95)
+    model = training_pca(train)
     best = np.full((len(test), count), -np.inf)
     for block, similarity in cosine_chunks(model.project(train), model.project(test)):
         for label in np.unique(labels):

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from emr_job import pca
 from emr_job.classifier import fit_from_moments, load, moments_of, partial_moments, save
 
 LABELS = np.array(["Apple", "Kiwi", "Lemon", "Pear"], object)
@@ -36,11 +37,13 @@ def test_partial_moments_summarises_a_partition_arriving_in_several_batches():
     x, labels = labelled_rows()
     batches = [pd.DataFrame({"label": labels[rows], "features": list(x[rows].astype(np.float32))})
                for rows in (slice(0, 70), slice(70, 70), slice(70, None))]
-    # WHEN the partition (with an empty batch in the middle) is summarised
-    (summary,) = partial_moments(iter(batches))
-    # THEN one row holds the counts and sums of every row
+    projection = pca.fit_from_moments(len(x), x.sum(axis=0), x.T @ x, 0.9)
+    # WHEN the partition (with an empty batch in the middle) is summarised in PCA space
+    (summary,) = partial_moments(iter(batches), projection)
+    # THEN one row holds the counts and sums of every row's PCA direction
+    expected = moments_of(projection.project(x), labels).sums
     assert summary["labels"][0] == sorted(LABELS) and summary["counts"][0] == [30, 30, 30, 30]
-    assert np.allclose(np.frombuffer(summary["sums"][0]).reshape(4, 16), moments_of(x, labels).sums, atol=1e-5)
+    assert np.allclose(np.frombuffer(summary["sums"][0]).reshape(4, projection.k), expected, atol=1e-5)
 
 
 def test_the_fitted_classifier_names_held_out_photos_of_each_label():

@@ -35,7 +35,7 @@ def model(shrinkage: float = 0.2) -> Classifier:
     noise = np.random.default_rng(0).normal(0, 1.5, (20, 3))
     spread = np.vstack([noise[:, list(order)] for order in itertools.permutations(range(3))])  # (120, 3)
     x = np.vstack([np.roll(spread + [6.0, 1.0, 1.0], axis, axis=1) for axis in range(3)])
-    fitted = fit_from_moments(moments_of(x, np.repeat(LABELS, len(spread))), "pca-1", shrinkage)
+    fitted = fit_from_moments(moments_of(x, np.repeat(LABELS, len(spread))), "pca-1", shrinkage, temperature=1.0)
     fitted.exemplar_keys = np.array(["raw/Apple/1.jpg", "raw/Kiwi/1.jpg", "raw/Lemon/1.jpg"], object)
     return fitted
 
