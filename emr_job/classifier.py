@@ -31,8 +31,9 @@ METHOD = "lda/pca-direction/shrunk"
 # Weight of the scaled identity in the shrunk within-label covariance: the best of 0.02/0.1/0.2/0.5
 # on the series and leave-one-series-out splits (ARCHITECTURE.md).
 SHRINKAGE = 0.5
-# Softmax temperature of the discriminant scores: the likelihood-optimal one on the series split.
-TEMPERATURE = 63.0
+# Softmax temperature of the discriminant scores: the likelihood-optimal one on the leave-one-series-
+# out split, whose training part (several sessions per label) is most like a real store.
+TEMPERATURE = 33.5
 # A photo whose top score is below this is flagged uncertain (series-split table in ARCHITECTURE.md).
 UNCERTAIN_BELOW = 0.5
 MOMENTS_SCHEMA = "labels array<string>, counts array<long>, sums binary, outer binary"

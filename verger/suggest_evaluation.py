@@ -253,7 +253,7 @@ METHODS: dict[str, Method] = {
 
 def evaluate(features: np.ndarray, labels: np.ndarray, image_keys: np.ndarray, splits=SPLITS,
              methods=tuple(METHODS)) -> dict:
-    """Every method on every split (one row each), the temperature the series split would choose
+    """Every method on every split (one row each), the temperature each session split would choose
     for the shipped classifier, and the shipped classifier's uncertainty table on each split."""
     import time
 
@@ -272,13 +272,13 @@ def evaluate(features: np.ndarray, labels: np.ndarray, image_keys: np.ndarray, s
                           **figures(probabilities, truth), "seconds": round(time.perf_counter() - started, 1)})
             if name == SHIPPED:
                 uncertain[split] = uncertainty_table(probabilities, truth)
-        if split == "series":
+        if split in ("series", "loso"):
             logits = np.vstack([shipped_logits(features[train], index[train], features[test], len(names))
                                 for train, test in folds])
             chosen = best_temperature(logits, truth)
-            calibration = {"split": split, "shipped_temperature": classifier.TEMPERATURE,
-                           "best_temperature": round(chosen, 4),
-                           "ece_at_best": round(expected_calibration_error(classifier.softmax(logits / chosen), truth), 4)}
+            calibration[split] = {
+                "shipped_temperature": classifier.TEMPERATURE, "best_temperature": round(chosen, 4),
+                "ece_at_best": round(expected_calibration_error(classifier.softmax(logits / chosen), truth), 4)}
     return {"labels": len(names), "photos": len(labels), "table": table, "calibration": calibration,
             "uncertain_thresholds": uncertain}
 
