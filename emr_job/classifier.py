@@ -98,6 +98,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+class TooFewRows(ValueError):
+    """Not enough labelled rows to estimate a within-label spread."""
+
+
 @dataclass
 class LabelMoments:
     """Sums over labelled rows of unit-length PCA coordinates: enough to fit the discriminant."""
@@ -140,7 +144,7 @@ def fit_from_moments(moments: LabelMoments, pca_version: str, shrinkage: float =
     """
     n, labels = int(moments.counts.sum()), len(moments.labels)
     if n <= labels:
-        raise ValueError(f"a classifier needs more labelled rows than labels: {n} rows, {labels} labels")
+        raise TooFewRows(f"a classifier needs more labelled rows than labels: {n} rows, {labels} labels")
     means = moments.sums / moments.counts[:, None]  # (C, d)
     within = (moments.outer - (moments.sums.T @ means)) / (n - labels)  # (d, d)
     dim = len(within)
@@ -262,7 +266,10 @@ def load(warehouse: str, version: str) -> Classifier:
 def refit(features: DataFrame, model: pca.PcaModel, warehouse: str) -> tuple[dict[str, str], dict]:
     """At a PCA refit: fit, save, and return the pointer property for the projections commit and
     the report. No labelled row: the pointer is cleared (an old classifier belongs to an old PCA)."""
-    fitted = fit(features, model)
+    try:
+        fitted = fit(features, model)
+    except TooFewRows as reason:
+        return {layout.CURRENT_CLASSIFIER_PROPERTY: ""}, {"action": "none", "reason": str(reason)}
     if fitted is None:
         return {layout.CURRENT_CLASSIFIER_PROPERTY: ""}, {"action": "none", "reason": "no labelled photos"}
     save(fitted, warehouse, features)
