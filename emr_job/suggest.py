@@ -41,8 +41,8 @@ def current_classifier(catalog, warehouse: str) -> classifier.Classifier:
     if pca_version is None:
         raise NoClassifier("no PCA model in this warehouse yet: run a batch of labelled photos first")
     if version is None:
-        raise NoClassifier("no classifier for the current PCA: no labelled photos at the last refit "
-                           "(or a store from before classifiers); run `verger refit`")
+        raise NoClassifier("no classifier for the current PCA: too few labelled photos at the last refit "
+                           "(its report says why) or a store from before classifiers; run `verger refit`")
     model = classifier.load(store.warehouse_root(warehouse), version)
     if model.pca_version != pca_version:
         raise NoClassifier(f"classifier {version} was fitted with {model.pca_version}, but {pca_version} "

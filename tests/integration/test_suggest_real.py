@@ -165,6 +165,6 @@ def test_inbox_photos_before_any_labelled_photo_get_a_clear_none_not_a_failed_ba
     outcome = report["suggestions"]
     # THEN the batch completes, its report says why there is nothing to suggest, and no table is written
     assert report["status"] == "complete"
-    assert outcome["action"] == "none" and "no labelled photos at the last refit" in outcome["reason"]
+    assert outcome["action"] == "none" and "too few labelled photos at the last refit" in outcome["reason"]
     assert report["pca"]["classifier"] == {"action": "none", "reason": "no labelled photos"}
     assert store.load_table(catalog, layout.SUGGESTIONS_TABLE) is None
