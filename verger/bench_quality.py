@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from emr_job import pca, store
-from emr_job.suggest import unit_rows
-from verger.suggest_commands import FILE_PATTERN
+from emr_job.classifier import unit_rows
+from verger.suggest_evaluation import FILE_PATTERN
 
 QUERY_CHUNK = 512
 
