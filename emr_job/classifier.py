@@ -1,12 +1,11 @@
-"""The label classifier: shrunk linear discriminant analysis on the photo's direction in PCA space
-(unit-length PCA coordinates), fitted at refit time from per-label moments and versioned with the
-PCA it was fitted alongside.
+"""The label classifier: multinomial logistic regression on L2-normalised features, fitted at
+refit time by Spark MLlib over every labelled row and versioned with the PCA it was fitted alongside.
 
 Why this method: see "Label suggestions" in docs/ARCHITECTURE.md (every candidate on every split).
-In short: of the methods whose fit is one distributed pass, it held up best on splits that separate
-capture sessions; a suggestion costs one (labels × k) product per photo whatever the size of the
-store; and its fit needs only sums: each partition sends per-label counts and sums and one Σxxᵀ
-(as `emr_job.pca` does), the driver solves one k × k system. No feature row reaches the driver.
+In short: of the candidates, it held up best on splits that separate capture sessions; its fit is
+one distributed job (L-BFGS, each iteration a tree-aggregated gradient; no feature row reaches the
+driver); and a suggestion costs one (labels × 1280) product per photo, whatever the size of the
+store.
 """
 from __future__ import annotations
 
@@ -27,16 +26,16 @@ from emr_job import blobs, pca, store
 if TYPE_CHECKING:  # the arithmetic and the model files need no Spark (`verger evaluate-suggestions`)
     from pyspark.sql import DataFrame
 
-METHOD = "lda/pca-direction/shrunk"
-# Weight of the scaled identity in the shrunk within-label covariance: the best of 0.02/0.1/0.2/0.5
-# on the series and leave-one-series-out splits (ARCHITECTURE.md).
-SHRINKAGE = 0.5
-# Softmax temperature of the discriminant scores: the likelihood-optimal one on the leave-one-series-
-# out split, whose training part (several sessions per label) is most like a real store.
-TEMPERATURE = 33.5
-# A photo whose top score is below this is flagged uncertain (series-split table in ARCHITECTURE.md).
+METHOD = "logistic-regression/l2"
+# Inverse L2 penalty in scikit-learn's convention (Σ log-loss + ‖W‖²/2C), the best of 1, 10 and 100
+# on the session splits (ARCHITECTURE.md); the Spark fit uses the same objective (`spark_penalty`).
+PENALTY_C = 100.0
+MAX_ITERATIONS = 300
+# Softmax temperature of the scores: the likelihood-optimal one on the leave-one-series-out split,
+# whose training part (several sessions per label) is most like a real store.
+TEMPERATURE = 0.79
+# A photo whose top score is below this is flagged uncertain (session-split table in ARCHITECTURE.md).
 UNCERTAIN_BELOW = 0.5
-MOMENTS_SCHEMA = "labels array<string>, counts array<long>, sums binary, outer binary"
 
 
 @dataclass
@@ -44,32 +43,32 @@ class Classifier:
     version: str
     pca_version: str
     labels: np.ndarray  # (C,) str, sorted
-    weights: np.ndarray  # (C, k) float64, k = the PCA's components
+    weights: np.ndarray  # (C, d) float64, d = 1280 feature dimensions
     bias: np.ndarray  # (C,) float64
     rows_per_label: np.ndarray  # (C,) int
-    exemplar_keys: np.ndarray  # (C,) str: the stored photo closest to each label's mean
+    exemplar_keys: np.ndarray  # (C,) str: each label's stored photo the classifier is surest of
     exemplars: np.ndarray  # (C, k) float64, unit rows: those photos' PCA directions
-    shrinkage: float
+    penalty_c: float
     temperature: float
+    iterations: int
     fit_seconds: float
     created_at: str
 
-    def logits(self, coordinates: np.ndarray) -> np.ndarray:
-        """(n, k) PCA coordinates → (n, C) discriminant scores (before the temperature)."""
-        return unit_rows(coordinates) @ self.weights.T + self.bias
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """(n, d) features → (n, C) scores before the temperature."""
+        return unit_rows(features) @ self.weights.T + self.bias
 
-    def probabilities(self, coordinates: np.ndarray) -> np.ndarray:
-        """(n, k) PCA coordinates → (n, C) calibrated label probabilities."""
-        return softmax(self.logits(coordinates) / self.temperature)
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """(n, d) features → (n, C) calibrated label probabilities."""
+        return softmax(self.logits(features) / self.temperature)
 
     def metadata(self) -> dict:
         return {
             "version": self.version, "pca_version": self.pca_version, "method": METHOD,
             "labels": self.labels.tolist(), "rows_per_label": self.rows_per_label.tolist(),
-            "exemplar_keys": self.exemplar_keys.tolist(),
-            "rows_fitted": int(self.rows_per_label.sum()), "shrinkage": self.shrinkage,
-            "temperature": self.temperature, "fit_seconds": self.fit_seconds,
-            "feature_version": layout.FEATURE_VERSION, "created_at": self.created_at,
+            "exemplar_keys": self.exemplar_keys.tolist(), "rows_fitted": int(self.rows_per_label.sum()),
+            "penalty_c": self.penalty_c, "temperature": self.temperature, "iterations": self.iterations,
+            "fit_seconds": self.fit_seconds, "feature_version": layout.FEATURE_VERSION, "created_at": self.created_at,
         }
 
 
@@ -98,135 +97,108 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-class TooFewRows(ValueError):
-    """Not enough labelled rows to estimate a within-label spread."""
-
-
-@dataclass
-class LabelMoments:
-    """Sums over labelled rows of unit-length PCA coordinates: enough to fit the discriminant."""
-
-    labels: np.ndarray  # (C,) str, sorted
-    counts: np.ndarray  # (C,) int
-    sums: np.ndarray  # (C, d) float64: Σx per label
-    outer: np.ndarray  # (d, d) float64: Σxxᵀ over every row
-
-    def __add__(self, other: "LabelMoments") -> "LabelMoments":
-        labels = np.union1d(self.labels, other.labels)
-        counts, sums = np.zeros(len(labels), np.int64), np.zeros((len(labels), self.sums.shape[1]))
-        for part in (self, other):
-            at = np.searchsorted(labels, part.labels)
-            counts[at] += part.counts
-            sums[at] += part.sums
-        return LabelMoments(labels, counts, sums, self.outer + other.outer)
-
-
-def moments_of(coordinates: np.ndarray, labels: np.ndarray) -> LabelMoments:
-    """Moments of one block of rows: (n, k) PCA coordinates and their (n,) labels."""
-    x = unit_rows(coordinates)  # (n, k)
-    names, index = np.unique(np.asarray(labels, object).astype(str), return_inverse=True)
-    sums = np.zeros((len(names), x.shape[1]))
-    np.add.at(sums, index, x)
-    return LabelMoments(names.astype(object), np.bincount(index, minlength=len(names)), sums, x.T @ x)
-
-
-def fit_from_moments(moments: LabelMoments, pca_version: str, shrinkage: float = SHRINKAGE,
-                     temperature: float = TEMPERATURE, fit_seconds: float = 0.0) -> Classifier:
-    """Shrunk LDA with equal priors: the pooled within-label covariance, shrunk towards a scaled
-    identity, solved once for every label's mean.
+def spark_penalty(rows: int, penalty_c: float = PENALTY_C) -> float:
+    """Spark's `regParam` for scikit-learn's C: Spark minimises the mean log-loss + regParam‖W‖²/2,
+    scikit-learn the summed one + ‖W‖²/2C, so regParam = 1 / (C · rows).
 
     Examples
     --------
-    >>> x = np.array([[1.0, 0.1], [1.0, -0.1], [0.1, 1.0], [-0.1, 1.0]])
-    >>> model = fit_from_moments(moments_of(x, np.array(["a", "a", "b", "b"])), "pca-1")
-    >>> model.labels[model.logits(np.array([[2.0, 0.3]])).argmax()]
-    'a'
+    >>> spark_penalty(1000, 100.0)
+    1e-05
     """
-    n, labels = int(moments.counts.sum()), len(moments.labels)
-    if n <= labels:
-        raise TooFewRows(f"a classifier needs more labelled rows than labels: {n} rows, {labels} labels")
-    means = moments.sums / moments.counts[:, None]  # (C, d)
-    within = (moments.outer - (moments.sums.T @ means)) / (n - labels)  # (d, d)
-    dim = len(within)
-    shrunk = (1 - shrinkage) * within + shrinkage * np.trace(within) / dim * np.eye(dim)
-    weights = np.linalg.solve(shrunk, means.T).T  # (C, d)
-    unit_means = unit_rows(means)  # (C, d): stand-ins until `exemplars` picks real photos
+    return 1.0 / (penalty_c * rows)
+
+
+class TooFewRows(ValueError):
+    """Not enough labelled photos to tell labels apart."""
+
+
+def build(labels: np.ndarray, counts: np.ndarray, weights: np.ndarray, bias: np.ndarray, pca_version: str,
+          iterations: int = 0, penalty_c: float = PENALTY_C, temperature: float = TEMPERATURE) -> Classifier:
+    """A new classifier version from fitted coefficients (exemplars are chosen afterwards)."""
     now = datetime.now(timezone.utc)
     return Classifier(
         version=f"classifier-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}", pca_version=pca_version,
-        labels=np.asarray(moments.labels, object), weights=weights, bias=-0.5 * (weights * means).sum(axis=1),
-        rows_per_label=np.asarray(moments.counts, np.int64),
-        exemplar_keys=np.full(labels, "", object), exemplars=unit_means, shrinkage=shrinkage, temperature=temperature,
-        fit_seconds=fit_seconds, created_at=now.isoformat(timespec="seconds"),
+        labels=np.asarray(labels, object), weights=np.asarray(weights, np.float64), bias=np.asarray(bias, np.float64),
+        rows_per_label=np.asarray(counts, np.int64), exemplar_keys=np.full(len(labels), "", object),
+        exemplars=np.zeros((len(labels), 0)), penalty_c=penalty_c, temperature=temperature,
+        iterations=iterations, fit_seconds=0.0, created_at=now.isoformat(timespec="seconds"),
     )
 
 
-def partial_moments(frames: Iterator[pd.DataFrame], model: pca.PcaModel) -> Iterator[pd.DataFrame]:
-    """mapInPandas over (label, features): one row per partition with its LabelMoments."""
-    total = None
+def training_rows(frames: Iterator[pd.DataFrame], labels: np.ndarray) -> Iterator[pd.DataFrame]:
+    """mapInPandas over (label, features): each row's label index and unit-length features, the
+    form the fit and `Classifier.logits` share."""
     for frame in frames:
         if not frame.empty:
-            part = moments_of(model.project(np.stack(frame["features"].to_numpy())), frame["label"].to_numpy())
-            total = part if total is None else total + part
-    if total is not None:
-        yield pd.DataFrame({"labels": [list(total.labels)], "counts": [total.counts.tolist()],
-                            "sums": [total.sums.tobytes()], "outer": [total.outer.tobytes()]})
+            yield pd.DataFrame({"label": np.searchsorted(labels, frame["label"].to_numpy()).astype(np.float64),
+                                "x": list(unit_rows(np.stack(frame["features"].to_numpy())))})
 
 
-def fit(features: DataFrame, model: pca.PcaModel) -> Classifier | None:
-    """Fit over the labelled rows of a DataFrame (label, features) projected with `model`; None
-    when no row is labelled."""
+def fit(features: DataFrame, projection: pca.PcaModel) -> Classifier | None:
+    """Fit over the labelled rows of a DataFrame (image_key, label, features); None when no row is
+    labelled. Only the labels' names and counts and the (C × d) coefficients reach the driver."""
+    from pyspark import StorageLevel
+    from pyspark.ml.classification import LogisticRegression
+    from pyspark.ml.functions import array_to_vector
+
     started = time.perf_counter()
-    shared = features.sparkSession.sparkContext.broadcast(model)
-    partitions = max(1, features.sparkSession.sparkContext.defaultParallelism)
-    partials = (features.where("label IS NOT NULL").select("label", "features").coalesce(partitions)
-                .mapInPandas(lambda frames: partial_moments(frames, shared.value), MOMENTS_SCHEMA))
-
-    def decode(row) -> LabelMoments:
-        outer = np.frombuffer(row.outer)
-        dim = int(round(np.sqrt(len(outer))))
-        return LabelMoments(np.array(row.labels, object), np.array(row.counts, np.int64),
-                            np.frombuffer(row.sums).reshape(len(row.labels), dim), outer.reshape(dim, dim))
-
-    if partials.isEmpty():
+    labelled = features.where("label IS NOT NULL")
+    counted = labelled.groupBy("label").count().orderBy("label").collect()
+    if not counted:
         return None
-    fitted = fit_from_moments(partials.rdd.map(decode).treeReduce(lambda a, b: a + b), model.version)
-    fitted.exemplar_keys, fitted.exemplars = exemplars(features, fitted, shared)
-    shared.unpersist()
-    fitted.fit_seconds = time.perf_counter() - started
-    return fitted
+    labels = np.array([row["label"] for row in counted], object)
+    counts = np.array([row["count"] for row in counted], np.int64)
+    if len(labels) < 2:
+        raise TooFewRows(f"a classifier needs photos of at least two labels: only {labels[0]!r} is labelled")
+    rows = (labelled.select("label", "features")
+            .mapInPandas(lambda frames: training_rows(frames, labels), "label double, x array<double>")
+            .select("label", array_to_vector("x").alias("features"))
+            .persist(StorageLevel.MEMORY_AND_DISK))
+    fitted = LogisticRegression(
+        family="multinomial", regParam=spark_penalty(int(counts.sum())), elasticNetParam=0.0,
+        standardization=False, maxIter=MAX_ITERATIONS, tol=1e-6,
+    ).fit(rows)
+    rows.unpersist()
+    model = build(labels, counts, fitted.coefficientMatrix.toArray(), fitted.interceptVector.toArray(),
+                  projection.version, fitted.summary.totalIterations)
+    model.exemplar_keys, model.exemplars = exemplars(labelled, model, projection)
+    model.fit_seconds = time.perf_counter() - started
+    return model
 
 
-EXEMPLAR_SCHEMA = "label string, similarity double, image_key string, features array<double>"
+EXEMPLAR_SCHEMA = "label string, score double, image_key string, direction array<double>"
 
 
-def exemplars(features: DataFrame, model: Classifier, projection) -> tuple[np.ndarray, np.ndarray]:
-    """Per label, the stored photo most similar to the label's mean (the app shows it beside the
-    suggestion): each partition sends its best row per label, Spark keeps the best of those.
-    `projection` is the broadcast PCA model."""
+def surest_per_label(frames: Iterator[pd.DataFrame], model: Classifier, projection: pca.PcaModel
+                     ) -> Iterator[pd.DataFrame]:
+    """mapInPandas over labelled (image_key, label, features): per label, the row whose score for
+    its own label is highest, with its unit PCA direction."""
+    for frame in frames:
+        if frame.empty:
+            continue
+        features = np.stack(frame["features"].to_numpy())
+        own = np.searchsorted(model.labels, frame["label"].to_numpy())
+        score = np.take_along_axis(model.logits(features), own[:, None], 1)[:, 0]
+        best = pd.Series(score).groupby(own).idxmax().to_numpy()
+        yield pd.DataFrame({"label": model.labels[own[best]], "score": score[best],
+                            "image_key": frame["image_key"].to_numpy()[best],
+                            "direction": list(unit_rows(projection.project(features[best])))})
+
+
+def exemplars(labelled: DataFrame, model: Classifier, projection: pca.PcaModel) -> tuple[np.ndarray, np.ndarray]:
+    """Per label, the stored photo the classifier is surest of (the app shows it beside the
+    suggestion): each partition sends its best row per label, Spark keeps the best of those."""
     from pyspark.sql import functions as F
 
-    shared = features.sparkSession.sparkContext.broadcast((model.labels, model.exemplars))
-
-    def best_per_label(frames):
-        labels, means = shared.value
-        for frame in frames:
-            if frame.empty:
-                continue
-            x = unit_rows(projection.value.project(np.stack(frame["features"].to_numpy())))  # (n, k)
-            label_index = np.searchsorted(labels, frame["label"].to_numpy())
-            similarity = (x * means[label_index]).sum(axis=1)  # (n,)
-            best = pd.Series(similarity).groupby(label_index).idxmax().to_numpy()
-            yield pd.DataFrame({"label": labels[label_index[best]], "similarity": similarity[best],
-                                "image_key": frame["image_key"].to_numpy()[best], "features": list(x[best])})
-
-    chosen = (features.where("label IS NOT NULL").select("image_key", "label", "features")
-              .mapInPandas(best_per_label, EXEMPLAR_SCHEMA)
-              .groupBy("label").agg(F.max_by(F.struct("image_key", "features"), "similarity").alias("best"))
-              .select("label", "best.image_key", "best.features").toPandas().set_index("label"))
+    shared = labelled.sparkSession.sparkContext.broadcast((model, projection))
+    chosen = (labelled.select("image_key", "label", "features")
+              .mapInPandas(lambda frames: surest_per_label(frames, *shared.value), EXEMPLAR_SCHEMA)
+              .groupBy("label").agg(F.max_by(F.struct("image_key", "direction"), "score").alias("best"))
+              .select("label", "best.image_key", "best.direction").toPandas().set_index("label"))
     shared.unpersist()
     chosen = chosen.loc[list(model.labels)]
-    return chosen["image_key"].to_numpy(object), np.stack(chosen["features"].to_numpy())
+    return chosen["image_key"].to_numpy(object), np.stack(chosen["direction"].to_numpy())
 
 
 def current_version(catalog) -> str | None:
@@ -258,8 +230,8 @@ def load(warehouse: str, version: str) -> Classifier:
         version=meta["version"], pca_version=meta["pca_version"], labels=np.array(meta["labels"], object),
         weights=arrays["weights"], bias=arrays["bias"], rows_per_label=np.array(meta["rows_per_label"], np.int64),
         exemplar_keys=np.array(meta["exemplar_keys"], object), exemplars=arrays["exemplars"],
-        shrinkage=meta["shrinkage"], temperature=meta["temperature"], fit_seconds=meta["fit_seconds"],
-        created_at=meta["created_at"],
+        penalty_c=meta["penalty_c"], temperature=meta["temperature"], iterations=meta["iterations"],
+        fit_seconds=meta["fit_seconds"], created_at=meta["created_at"],
     )
 
 
@@ -275,5 +247,6 @@ def refit(features: DataFrame, model: pca.PcaModel, warehouse: str) -> tuple[dic
     save(fitted, warehouse, features)
     return {layout.CURRENT_CLASSIFIER_PROPERTY: fitted.version}, {
         "action": "fitted", "version": fitted.version, "method": METHOD, "labels": len(fitted.labels),
-        "rows_fitted": int(fitted.rows_per_label.sum()), "fit_seconds": round(fitted.fit_seconds, 3),
+        "rows_fitted": int(fitted.rows_per_label.sum()), "iterations": fitted.iterations,
+        "fit_seconds": round(fitted.fit_seconds, 3),
     }

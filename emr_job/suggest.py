@@ -64,11 +64,11 @@ def rank_labels(probabilities: np.ndarray, label_names: np.ndarray, top: int = T
     return label_names[order], np.take_along_axis(probabilities, order, 1), order
 
 
-def suggest(model: classifier.Classifier, coordinates: np.ndarray) -> dict[str, list | np.ndarray]:
-    """(m, k) PCA coordinates → the suggestions-table columns for them: labels, scores, uncertain,
-    and each suggested label's exemplar with the photo's cosine similarity to it (in PCA space)."""
-    names, scores, order = rank_labels(model.probabilities(coordinates), model.labels)
-    similarity = classifier.unit_rows(coordinates) @ model.exemplars.T  # (m, C)
+def suggest(model: classifier.Classifier, features: np.ndarray, projection: pca.PcaModel) -> dict[str, list | np.ndarray]:
+    """(m, d) features → the suggestions-table columns for them: labels, scores, uncertain, and
+    each suggested label's exemplar with the photo's cosine similarity to it (in PCA space)."""
+    names, scores, order = rank_labels(model.probabilities(features), model.labels)
+    similarity = classifier.unit_rows(projection.project(features)) @ model.exemplars.T  # (m, C)
     return {
         "labels": list(names), "scores": list(scores.astype(np.float32)),
         "uncertain": scores[:, 0] < classifier.UNCERTAIN_BELOW,
@@ -87,7 +87,7 @@ def suggestion_rows(rows: DataFrame, projection: pca.PcaModel, model: classifier
         for frame in frames:
             if not frame.empty:
                 projection_, model_ = shared.value
-                found = suggest(model_, projection_.project(np.stack(frame["features"].to_numpy())))
+                found = suggest(model_, np.stack(frame["features"].to_numpy()), projection_)
                 yield pd.DataFrame({
                     "image_key": frame["image_key"].to_numpy(), "etag": frame["etag"].to_numpy(),
                     "batch_id": batch_id, "pca_version": model_.pca_version,

@@ -82,7 +82,7 @@ def command_suggest(args: argparse.Namespace) -> int:
     if good:
         features = np.vstack([extractor(np.stack([pixels[p] for p in good[i:i + 32]]))
                               for i in range(0, len(good), 32)])  # (n, 1280)
-        found = suggest(model, projection.project(features))
+        found = suggest(model, features, projection)
     for path in paths:
         if path in good:
             row = good.index(path)

@@ -2,7 +2,6 @@
 app reads and the CLI's handling of bad photos."""
 from __future__ import annotations
 
-import itertools
 import json
 
 import boto3
@@ -12,7 +11,8 @@ import pytest
 from moto import mock_aws
 
 from contract.layout import UnsafeKey
-from emr_job.classifier import UNCERTAIN_BELOW, Classifier, fit_from_moments, moments_of
+from emr_job import pca
+from emr_job.classifier import UNCERTAIN_BELOW, Classifier, build
 from emr_job.images import Reason
 from emr_job import suggest as suggest_module
 from emr_job.suggest import json_uri, rank_labels, suggest, write_json_files
@@ -29,15 +29,19 @@ def table_row(image_key: str = "inbox/a.jpg") -> dict:
     }
 
 
-def model(shrinkage: float = 0.2) -> Classifier:
-    """Three labels, each near one axis of a 3-d space with the same spread (the axes are
-    interchangeable), wide enough for soft scores."""
-    noise = np.random.default_rng(0).normal(0, 1.5, (20, 3))
-    spread = np.vstack([noise[:, list(order)] for order in itertools.permutations(range(3))])  # (120, 3)
-    x = np.vstack([np.roll(spread + [6.0, 1.0, 1.0], axis, axis=1) for axis in range(3)])
-    fitted = fit_from_moments(moments_of(x, np.repeat(LABELS, len(spread))), "pca-1", shrinkage, temperature=1.0)
+def model() -> tuple[Classifier, pca.PcaModel]:
+    """Three labels along the axes of a 3-d space: scores W·x/|x| with W = 6 × identity (the
+    labels interchangeable), and an identity PCA; each label's exemplar is its own axis."""
+    fitted = build(LABELS, np.array([10, 10, 10]), 6 * np.eye(3), np.zeros(3), "pca-1", temperature=1.0)
     fitted.exemplar_keys = np.array(["raw/Apple/1.jpg", "raw/Kiwi/1.jpg", "raw/Lemon/1.jpg"], object)
-    return fitted
+    fitted.exemplars = np.eye(3)
+    identity = pca.PcaModel("pca-1", np.zeros(3), np.eye(3), np.full(3, 1 / 3), 3, 1.0, 30, 0.0, "f", "t")
+    return fitted, identity
+
+
+def with_photos(features: np.ndarray):
+    classifier, projection = model()
+    return classifier, features, projection
 
 
 def test_rank_labels_puts_the_most_probable_label_first_and_keeps_its_index():
@@ -49,7 +53,7 @@ def test_rank_labels_puts_the_most_probable_label_first_and_keeps_its_index():
 
 def test_suggest_ranks_labels_and_names_each_suggested_labels_exemplar():
     # GIVEN a photo near the Kiwi axis
-    found = suggest(model(), np.array([[1.0, 6.0, 1.2]]))
+    found = suggest(*with_photos(np.array([[1.0, 6.0, 1.2]])))
     # THEN Kiwi first, scores a distribution over the three labels, and each label's own exemplar beside it
     assert found["labels"][0][0] == "Kiwi" and sorted(found["labels"][0]) == sorted(LABELS)
     assert found["scores"][0].sum() == pytest.approx(1.0, abs=1e-5) and not found["uncertain"][0]
@@ -59,7 +63,7 @@ def test_suggest_ranks_labels_and_names_each_suggested_labels_exemplar():
 
 def test_a_photo_between_two_labels_is_flagged_uncertain_and_a_clear_one_is_not():
     # GIVEN one photo halfway between Apple and Kiwi, another on the Lemon axis
-    found = suggest(model(), np.array([[3.5, 3.5, 1.0], [1.0, 1.0, 6.0]]))
+    found = suggest(*with_photos(np.array([[3.5, 3.5, 1.0], [1.0, 1.0, 6.0]])))
     # THEN the first falls under the threshold, the second is well above it
     assert found["scores"][0][0] < UNCERTAIN_BELOW < found["scores"][1][0]
     assert found["uncertain"].tolist() == [True, False]
@@ -144,7 +148,7 @@ def test_suggestions_without_a_classifier_of_the_current_pca_say_why(monkeypatch
     # GIVEN the pointers (classifier, PCA) of a warehouse, and a classifier fitted with pca-1
     monkeypatch.setattr(suggest_module.classifier, "current_version", lambda catalog: pointers[0])
     monkeypatch.setattr(suggest_module, "current_pca_version", lambda catalog: pointers[1])
-    monkeypatch.setattr(suggest_module.classifier, "load", lambda warehouse, version: model())
+    monkeypatch.setattr(suggest_module.classifier, "load", lambda warehouse, version: model()[0])
     # THEN no suggestion is made from a missing or mismatched classifier, and the reason is named
     with pytest.raises(suggest_module.NoClassifier, match=message):
         suggest_module.current_classifier(None, "/wh")
