@@ -6,20 +6,21 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from contract import layout
 from contract.manifest import ManifestItem, build_manifest
-from emr_job import store
+from emr_job import classifier, pca, store
 from emr_job.folders import file_md5
 from emr_job.job import JobSettings, run_manifest
 from emr_job.readers import current_pca_version
 from emr_job.suggest import TOP_LABELS, current_classifier
 from tests.integration.conftest import LABELS, fruit_manifest
 from verger.cli import main
-from verger.suggest_evaluation import SHIPPED
+from verger.suggest_evaluation import SHIPPED, logistic_regression
 
 pytestmark = pytest.mark.integration
 
@@ -168,3 +169,34 @@ def test_inbox_photos_before_any_labelled_photo_get_a_clear_none_not_a_failed_ba
     assert outcome["action"] == "none" and "too few labelled photos at the last refit" in outcome["reason"]
     assert report["pca"]["classifier"] == {"action": "none", "reason": "no labelled photos"}
     assert store.load_table(catalog, layout.SUGGESTIONS_TABLE) is None
+
+
+def test_the_spark_fit_reaches_the_optimum_scikit_learn_finds_for_the_same_objective(suggested):
+    warehouse, _, _, _, _ = suggested
+    catalog = store.open_catalog(warehouse)
+    model = current_classifier(catalog, warehouse)
+    # GIVEN the labelled rows the job's Spark fit saw (12 labels × 30 photos, 1280-d)
+    table = store.read_columns(store.load_table(catalog, layout.FEATURES_TABLE), ["label", "features"]).to_pandas()
+    table = table[table["label"].notna()]
+    features = np.stack(table["features"].to_numpy())
+    names, index = np.unique(table["label"].to_numpy(), return_inverse=True)
+    # WHEN scikit-learn minimises the objective `spark_penalty` says Spark minimised
+    reference = logistic_regression(features, index)
+    # THEN both rank the labels alike and give close probabilities (different L-BFGS, same optimum)
+    ours = model.probabilities(features)
+    theirs = classifier.softmax(reference.decision_function(classifier.unit_rows(features)) / model.temperature)
+    assert model.labels.tolist() == names.tolist()
+    assert (ours.argmax(axis=1) == theirs.argmax(axis=1)).mean() >= 0.99
+    assert np.abs(ours - theirs).max() < 0.05
+    assert 0 < model.iterations <= classifier.MAX_ITERATIONS
+
+
+def test_a_store_with_one_label_gets_no_classifier_and_a_reason(spark, tmp_path):
+    # GIVEN labelled rows of a single label
+    rows = spark.createDataFrame([(f"Kiwi/{i}.jpg", "e", "Kiwi", [float(i), 1.0, 2.0]) for i in range(5)],
+                                 "image_key string, etag string, label string, features array<float>")
+    projection = pca.fit_from_moments(3, np.ones(3), np.eye(3), 0.9)
+    # WHEN a refit fits the classifier  THEN the pointer is cleared and the report says why
+    pointer, report = classifier.refit(rows, projection, str(tmp_path))
+    assert pointer == {layout.CURRENT_CLASSIFIER_PROPERTY: ""}
+    assert report == {"action": "none", "reason": "a classifier needs photos of at least two labels: only 'Kiwi' is labelled"}
