@@ -13,7 +13,7 @@ import io
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterator
 
@@ -162,7 +162,7 @@ def fit(features: DataFrame, projection: pca.PcaModel) -> Classifier | None:
     rows.unpersist()
     model = build(labels, counts, fitted.coefficientMatrix.toArray(), fitted.interceptVector.toArray(),
                   projection.version, fitted.summary.totalIterations)
-    model.exemplar_keys, model.exemplars = exemplars(labelled, model, projection)
+    model = with_exemplars(model, exemplars(labelled, model, projection), list(labels))
     model.fit_seconds = time.perf_counter() - started
     return model
 
@@ -186,9 +186,10 @@ def surest_per_label(frames: Iterator[pd.DataFrame], model: Classifier, projecti
                             "direction": list(unit_rows(projection.project(features[best])))})
 
 
-def exemplars(labelled: DataFrame, model: Classifier, projection: pca.PcaModel) -> tuple[np.ndarray, np.ndarray]:
-    """Per label, the stored photo the classifier is surest of (the app shows it beside the
-    suggestion): each partition sends its best row per label, Spark keeps the best of those."""
+def exemplars(labelled: DataFrame, model: Classifier, projection: pca.PcaModel) -> pd.DataFrame:
+    """Per label of `labelled`, the stored photo the classifier is surest of (the app shows it beside
+    the suggestion), indexed by label (image_key, direction): each partition sends its best row per
+    label, Spark keeps the best of those."""
     from pyspark.sql import functions as F
 
     shared = labelled.sparkSession.sparkContext.broadcast((model, projection))
@@ -197,8 +198,20 @@ def exemplars(labelled: DataFrame, model: Classifier, projection: pca.PcaModel) 
               .groupBy("label").agg(F.max_by(F.struct("image_key", "direction"), "score").alias("best"))
               .select("label", "best.image_key", "best.direction").toPandas().set_index("label"))
     shared.unpersist()
-    chosen = chosen.loc[list(model.labels)]
-    return chosen["image_key"].to_numpy(object), np.stack(chosen["direction"].to_numpy())
+    return chosen
+
+
+def with_exemplars(model: Classifier, chosen: pd.DataFrame, labels: list[str]) -> Classifier:
+    """`model` with the exemplars of `labels` taken from `chosen` (`exemplars`' result); a label
+    absent from it (no stored photo left) gets none: an empty key and a zero direction."""
+    width = len(chosen["direction"].iloc[0]) if len(chosen) else model.exemplars.shape[1]
+    keys = model.exemplar_keys.copy()
+    directions = model.exemplars.copy() if model.exemplars.shape[1] == width else np.zeros((len(model.labels), width))
+    for label in labels:
+        at = int(np.searchsorted(model.labels, label))
+        keys[at] = chosen.at[label, "image_key"] if label in chosen.index else ""
+        directions[at] = chosen.at[label, "direction"] if label in chosen.index else 0.0
+    return replace(model, exemplar_keys=keys, exemplars=directions)
 
 
 def current_version(catalog) -> str | None:

@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from contract import layout
 from emr_job import blobs, classifier, pca, store
-from emr_job.readers import current_pca_version
+from emr_job.readers import current_features, current_pca_version, current_versions
 
 TOP_LABELS = 5
 SUGGESTION_SCHEMA = (
@@ -48,6 +49,22 @@ def current_classifier(catalog, warehouse: str) -> classifier.Classifier:
         raise NoClassifier(f"classifier {version} was fitted with {model.pca_version}, but {pca_version} "
                            "is current: run `verger refit`")
     return model
+
+
+def with_stored_exemplars(spark, catalog, model: classifier.Classifier, projection: pca.PcaModel
+                          ) -> classifier.Classifier:
+    """`model` with no exemplar erased since its refit: each label whose exemplar left the store
+    gets the surest of its remaining photos (a lookup of C keys, and a scan of those labels' rows
+    only when one is gone; the next refit picks them for good)."""
+    cited = [key for key in model.exemplar_keys if key]
+    if not cited:
+        return model
+    stored = {row.image_key for row in current_versions(spark, catalog, cited).select("image_key").collect()}
+    gone = [label for label, key in zip(model.labels, model.exemplar_keys) if key and key not in stored]
+    if not gone:
+        return model
+    rows = current_features(spark, catalog).where(F.col("label").isin(gone))
+    return classifier.with_exemplars(model, classifier.exemplars(rows, model, projection), gone)
 
 
 def rank_labels(probabilities: np.ndarray, label_names: np.ndarray, top: int = TOP_LABELS
@@ -147,6 +164,7 @@ def suggest_for_batch(spark, catalog, warehouse: str, source: str, batch_id: str
     except NoClassifier as reason:
         return {"action": "none", "reason": str(reason)}
     projection = pca.load(store.warehouse_root(warehouse), model.pca_version)
+    model = with_stored_exemplars(spark, catalog, model, projection)
     frame = suggestion_rows(rows, projection, model, batch_id).persist(StorageLevel.MEMORY_AND_DISK)
     counts = frame.selectExpr("count(*) AS photos", "count_if(uncertain) AS uncertain").first()
     if counts.photos == 0:

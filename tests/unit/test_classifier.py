@@ -7,7 +7,7 @@ import pytest
 
 from emr_job import pca
 from emr_job.classifier import (
-    build, load, save, softmax, spark_penalty, surest_per_label, training_rows, unit_rows,
+    build, load, save, softmax, spark_penalty, surest_per_label, training_rows, unit_rows, with_exemplars,
 )
 
 LABELS = np.array(["Apple", "Kiwi", "Lemon", "Pear"], object)
@@ -123,3 +123,16 @@ def test_a_saved_classifier_loads_with_the_same_scores_and_provenance(tmp_path):
     assert loaded.labels.tolist() == model.labels.tolist() and loaded.pca_version == "pca-7"
     assert (loaded.penalty_c, loaded.iterations, loaded.rows_per_label.tolist()) == (100.0, 12, [30] * 4)
     assert rows.path == f"{tmp_path}/classifier/{model.version}/rows"
+
+
+def test_replacing_an_erased_exemplar_changes_only_its_label_and_a_label_with_no_photo_left_cites_none():
+    x, labels = labelled_rows()
+    model = fitted(x, labels)
+    model.exemplar_keys, model.exemplars = np.array([f"{label}/0.jpg" for label in LABELS], object), np.ones((4, 3))
+    # GIVEN new exemplars found for Kiwi, and none for Pear (every Pear photo erased)
+    chosen = pd.DataFrame({"image_key": ["Kiwi/9.jpg"], "direction": [np.array([0.0, 1.0, 0.0])]}, index=["Kiwi"])
+    replaced = with_exemplars(model, chosen, ["Kiwi", "Pear"])
+    # THEN Kiwi cites its new photo, Pear cites nothing, the others and the original model are untouched
+    assert replaced.exemplar_keys.tolist() == ["Apple/0.jpg", "Kiwi/9.jpg", "Lemon/0.jpg", ""]
+    assert replaced.exemplars.tolist() == [[1, 1, 1], [0, 1, 0], [1, 1, 1], [0, 0, 0]]
+    assert model.exemplar_keys[1] == "Kiwi/0.jpg" and np.array_equal(replaced.weights, model.weights)
