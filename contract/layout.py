@@ -27,12 +27,15 @@ QUARANTINE_TABLE = "quarantine"
 SUGGESTIONS_TABLE = "suggestions"
 DATA_DIR = "data"
 PCA_DIR = "pca"
+CLASSIFIER_DIR = "classifier"
 REPORTS_DIR = "reports"
 LOCAL_CATALOG_FILE = "catalog.db"
 
 # Table property that names the PCA version readers use; it switches in the same commit as the
 # projections it describes.
 CURRENT_PCA_PROPERTY = "verger.current-pca-version"
+# Likewise the label classifier fitted with that PCA (empty when no photo was labelled).
+CURRENT_CLASSIFIER_PROPERTY = "verger.current-classifier-version"
 
 # The feature contract: changing any of these makes stored features incomparable.
 FEATURE_MODEL = "mobilenet_v2_1.0_224_imagenet_notop_avgpool"

@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from contract import layout
-from emr_job import pca, store
+from emr_job import classifier, pca, store
 from emr_job.readers import current_features, current_pca_version, current_versions, table_rows, with_features
 from emr_job.settings import JobSettings
 
@@ -102,11 +102,13 @@ def project(rows: DataFrame, model: pca.PcaModel) -> DataFrame:
 
 
 def refit(spark, catalog, settings: JobSettings, batch_id: str = "refit") -> dict:
-    """Fit over every current feature row, project them all, and switch the pointer in one commit."""
+    """Fit the PCA (and the label classifier) over every current feature row, project them all, and
+    switch both pointers in one commit."""
     features = current_features(spark, catalog).persist(StorageLevel.MEMORY_AND_DISK)
     model = pca.fit(features, settings.variance)
     warehouse = store.warehouse_root(settings.warehouse)
     pca.save(model, warehouse)
+    pointer, fitted = classifier.refit(features, model, warehouse)
     began = time.perf_counter()
     projected = project(features.withColumn("batch_id", F.lit(batch_id)), model)
     files = store.write_rows(
@@ -115,7 +117,7 @@ def refit(spark, catalog, settings: JobSettings, batch_id: str = "refit") -> dic
     )
     store.commit_files(
         catalog, layout.PROJECTIONS_TABLE, files, batch_id, replace=True,
-        properties={layout.CURRENT_PCA_PROPERTY: model.version},
+        properties={layout.CURRENT_PCA_PROPERTY: model.version, **pointer},
     )
     features.unpersist()
     return {
@@ -127,4 +129,5 @@ def refit(spark, catalog, settings: JobSettings, batch_id: str = "refit") -> dic
         "cumulative_at_k": round(float(model.explained_variance_ratio[: model.k].sum()), 6),
         "fit_seconds": round(model.fit_seconds, 3),
         "project_and_commit_seconds": round(time.perf_counter() - began, 3),
+        "classifier": fitted,
     }

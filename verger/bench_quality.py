@@ -3,8 +3,9 @@
 Verger's stored features are compared with the notebook baseline's (Keras FP32, the same bicubic
 decode): cosine per photo, the PCA's k at the variance target, and held-out label accuracy on the
 capture-session ("series") split of `verger evaluate-suggestions` — train on the plain rotation
-series, test on the r_ series — with the suggestion method's ranking (nearest photo per label by
-cosine in PCA space). All in numpy, so no Spark job adds to the benchmark's load.
+series, test on the r_ series — ranked by the nearest photo per label (cosine in PCA space; the suggestion
+method before the logistic-regression classifier, kept here because it needs no fit, so the figure
+moves with the features alone). All in numpy, so no Spark job adds to the benchmark's load.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from emr_job import pca, store
-from emr_job.suggest import unit_rows
-from verger.suggest_commands import FILE_PATTERN
+from emr_job.classifier import unit_rows
+from verger.suggest_evaluation import FILE_PATTERN
 
 QUERY_CHUNK = 512
 
@@ -74,8 +75,7 @@ def fitted(features: np.ndarray, variance: float) -> pca.PcaModel:
 
 
 def nearest_label(points: np.ndarray, point_labels: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """For each query, the label of its most cosine-similar point: the suggestion method's top-1
-    (its softmax over per-label best similarities keeps the order)."""
+    """For each query, the label of its most cosine-similar point."""
     order = np.argsort(point_labels, kind="stable")
     names, starts = np.unique(point_labels[order], return_index=True)
     points = unit_rows(points[order])

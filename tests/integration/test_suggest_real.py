@@ -6,17 +6,21 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from contract import layout
 from contract.manifest import ManifestItem, build_manifest
-from emr_job import store
+from emr_job import classifier, pca, store
 from emr_job.folders import file_md5
 from emr_job.job import JobSettings, run_manifest
-from emr_job.suggest import TOP_LABELS
+from emr_job.readers import current_pca_version
+from emr_job.suggest import TOP_LABELS, current_classifier
 from tests.integration.conftest import LABELS, fruit_manifest
 from verger.cli import main
+from verger.suggest_evaluation import SHIPPED, logistic_regression
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +76,7 @@ def test_held_back_frames_are_recognised_from_the_labelled_store(suggested):
     right = sum(row["labels"][0] == truth[row["image_key"]] for row in rows)
     assert right >= 0.9 * len(rows)
     assert all(truth[row["image_key"]] in row["labels"] for row in rows)
-    # AND the nearest images are labelled photos of the store, never other inbox photos
+    # AND the images shown beside the labels are labelled photos of the store, never inbox photos
     assert all(label in LABELS for row in rows for label in row["neighbour_labels"])
 
 
@@ -114,18 +118,42 @@ def test_suggest_command_does_a_whole_folder(suggested, capsys, weights):
     assert right >= 0.9 * len(lines)
 
 
-def test_evaluation_holds_out_the_last_fifth_of_each_series_and_reports_accuracy(suggested, capsys):
+def test_evaluation_reports_every_method_on_every_split_in_one_table(suggested, capsys):
     warehouse, _, _, _, _ = suggested
-    # WHEN the labelled store (30 plain-series frames per label) is evaluated on the block split
-    code = main(["evaluate-suggestions", "--warehouse", warehouse, "--split", "block"])
+    # WHEN the labelled store (12 labels × 30 plain-series frames) is evaluated on the splits its
+    # file names allow (no r_ series here), for three methods
+    code = main(["evaluate-suggestions", "--warehouse", warehouse, "--split", "block", "--split", "gap",
+                 "--method", SHIPPED, "--method", "nearest-per-class/pca (previous)", "--method", "centroids/l2",
+                 "--json"])
     outcome = json.loads(capsys.readouterr().out)
-    # THEN 6 of 30 frames per label are held out, the PCA is fitted on the other 24, and the
-    # inbox photos (no label) take no part
-    assert code == 0 and (outcome["train"], outcome["test"]) == (12 * 24, 12 * 6)
-    assert outcome["top5"] >= outcome["top1"] >= 0.8
+    # THEN one row per (split, method); 6 of 30 frames per label tested on block, 6 on gap; the inbox
+    # photos (no label) take no part
+    assert code == 0 and outcome["labels"] == 12 and outcome["photos"] == 12 * 30
+    assert [(row["split"], row["test"]) for row in outcome["table"]] == [("block", 72)] * 3 + [("gap", 72)] * 3
+    shipped = [row for row in outcome["table"] if row["method"] == SHIPPED]
+    assert all(row["top5"] >= row["top1"] >= 0.8 and 0 <= row["ece"] <= 1 for row in shipped)
     # AND a higher uncertainty threshold never flags fewer photos
-    flagged = [row["flagged_share"] for row in outcome["uncertain_thresholds"]]
+    flagged = [row["flagged_share"] for row in outcome["uncertain_thresholds"]["block"]]
     assert flagged == sorted(flagged)
+
+
+def test_the_classifier_is_versioned_with_the_pca_and_replaced_with_it_by_a_refit(suggested):
+    warehouse, _, _, _, _ = suggested
+    catalog = store.open_catalog(warehouse)
+    before = current_classifier(catalog, warehouse)
+    # GIVEN the classifier fitted by the first batch: it names the current PCA and the rows it saw
+    assert before.pca_version == current_pca_version(catalog)
+    assert before.labels.tolist() == sorted(LABELS) and before.rows_per_label.tolist() == [30] * 12
+    seen = pq.read_table(os.path.join(warehouse, layout.CLASSIFIER_DIR, before.version, "rows")).to_pandas()
+    assert len(seen) == 12 * 30 and seen["label"].notna().all() and not seen["image_key"].str.startswith("inbox/").any()
+    # WHEN the store is refitted
+    assert main(["refit", "--warehouse", warehouse]) == 0
+    catalog = store.open_catalog(warehouse)
+    after = current_classifier(catalog, warehouse)
+    # THEN both pointers moved together: a new classifier, fitted on the new PCA's version
+    assert after.version != before.version and after.pca_version == current_pca_version(catalog) != before.pca_version
+    # AND each label's exemplar is one of its own stored photos
+    assert all(key.startswith(f"{label}/") for key, label in zip(after.exemplar_keys, after.labels))
 
 
 def test_inbox_photos_before_any_labelled_photo_get_a_clear_none_not_a_failed_batch(suggested, spark, weights, tmp_path):
@@ -138,5 +166,37 @@ def test_inbox_photos_before_any_labelled_photo_get_a_clear_none_not_a_failed_ba
     outcome = report["suggestions"]
     # THEN the batch completes, its report says why there is nothing to suggest, and no table is written
     assert report["status"] == "complete"
-    assert outcome == {"action": "none", "reason": "no labelled photos in this warehouse: nothing to suggest from"}
+    assert outcome["action"] == "none" and "too few labelled photos at the last refit" in outcome["reason"]
+    assert report["pca"]["classifier"] == {"action": "none", "reason": "no labelled photos"}
     assert store.load_table(catalog, layout.SUGGESTIONS_TABLE) is None
+
+
+def test_the_spark_fit_reaches_the_optimum_scikit_learn_finds_for_the_same_objective(suggested):
+    warehouse, _, _, _, _ = suggested
+    catalog = store.open_catalog(warehouse)
+    model = current_classifier(catalog, warehouse)
+    # GIVEN the labelled rows the job's Spark fit saw (12 labels × 30 photos, 1280-d)
+    table = store.read_columns(store.load_table(catalog, layout.FEATURES_TABLE), ["label", "features"]).to_pandas()
+    table = table[table["label"].notna()]
+    features = np.stack(table["features"].to_numpy())
+    names, index = np.unique(table["label"].to_numpy(), return_inverse=True)
+    # WHEN scikit-learn minimises the objective `spark_penalty` says Spark minimised
+    reference = logistic_regression(features, index)
+    # THEN both rank the labels alike and give close probabilities (different L-BFGS, same optimum)
+    ours = model.probabilities(features)
+    theirs = classifier.softmax(reference.decision_function(classifier.unit_rows(features)) / model.temperature)
+    assert model.labels.tolist() == names.tolist()
+    assert (ours.argmax(axis=1) == theirs.argmax(axis=1)).mean() >= 0.99
+    assert np.abs(ours - theirs).max() < 0.05
+    assert 0 < model.iterations <= classifier.MAX_ITERATIONS
+
+
+def test_a_store_with_one_label_gets_no_classifier_and_a_reason(spark, tmp_path):
+    # GIVEN labelled rows of a single label
+    rows = spark.createDataFrame([(f"Kiwi/{i}.jpg", "e", "Kiwi", [float(i), 1.0, 2.0]) for i in range(5)],
+                                 "image_key string, etag string, label string, features array<float>")
+    projection = pca.fit_from_moments(3, np.ones(3), np.eye(3), 0.9)
+    # WHEN a refit fits the classifier  THEN the pointer is cleared and the report says why
+    pointer, report = classifier.refit(rows, projection, str(tmp_path))
+    assert pointer == {layout.CURRENT_CLASSIFIER_PROPERTY: ""}
+    assert report == {"action": "none", "reason": "a classifier needs photos of at least two labels: only 'Kiwi' is labelled"}

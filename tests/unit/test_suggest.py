@@ -1,5 +1,5 @@
-"""Label suggestions without Spark: the per-partition scan, the ranking, the files the app reads,
-the evaluation's arithmetic and the CLI's handling of bad photos."""
+"""Label suggestions without Spark: the ranking, the uncertain flag, the exemplars, the files the
+app reads and the CLI's handling of bad photos."""
 from __future__ import annotations
 
 import json
@@ -11,18 +11,14 @@ import pytest
 from moto import mock_aws
 
 from contract.layout import UnsafeKey
+from emr_job import pca
+from emr_job.classifier import UNCERTAIN_BELOW, Classifier, build
 from emr_job.images import Reason
-from emr_job.suggest import (
-    UNCERTAIN_BELOW, json_uri, keep_top, partition_best, rank_labels, unit_rows,
-    write_json_files,
-)
-from verger.suggest_commands import accuracy, photo_paths, read_photo
+from emr_job import suggest as suggest_module
+from emr_job.suggest import json_uri, rank_labels, suggest, write_json_files
+from verger.suggest_commands import photo_paths, read_photo
 
 LABELS = np.array(["Apple", "Kiwi", "Lemon"], object)
-
-
-def frame(keys, labels, points) -> pd.DataFrame:
-    return pd.DataFrame({"image_key": keys, "label": labels, "pca": [np.asarray(p, np.float32) for p in points]})
 
 
 def table_row(image_key: str = "inbox/a.jpg") -> dict:
@@ -33,54 +29,44 @@ def table_row(image_key: str = "inbox/a.jpg") -> dict:
     }
 
 
-def test_unit_rows_scales_to_length_one_and_leaves_zero_rows_alone():
-    # GIVEN a row of length 5 and a zero row
-    rows = unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
-    # THEN the first has length 1 in the same direction, the second stays zero (no NaN)
-    assert np.allclose(rows, [[0.6, 0.8], [0.0, 0.0]])
+def model() -> tuple[Classifier, pca.PcaModel]:
+    """Three labels along the axes of a 3-d space: scores W·x/|x| with W = 6 × identity (the
+    labels interchangeable), and an identity PCA; each label's exemplar is its own axis."""
+    fitted = build(LABELS, np.array([10, 10, 10]), 6 * np.eye(3), np.zeros(3), "pca-1", temperature=1.0)
+    fitted.exemplar_keys = np.array(["raw/Apple/1.jpg", "raw/Kiwi/1.jpg", "raw/Lemon/1.jpg"], object)
+    fitted.exemplars = np.eye(3)
+    identity = pca.PcaModel("pca-1", np.zeros(3), np.eye(3), np.full(3, 1 / 3), 3, 1.0, 30, 0.0, "f", "t")
+    return fitted, identity
 
 
-def test_keep_top_orders_best_first_and_moves_companions_with_their_similarity():
-    similarity = np.array([[0.2, 0.9, 0.5, 0.7]])
-    keys = np.array([["a", "b", "c", "d"]], object)
-    labels = np.array([["A", "B", "C", "D"]], object)
-    # WHEN keeping the best three
-    best, best_keys, best_labels = keep_top(similarity, 3, keys, labels)
-    # THEN they are in descending order with their own key and label
-    assert best.tolist() == [[0.9, 0.7, 0.5]]
-    assert best_keys.tolist() == [["b", "d", "c"]] and best_labels.tolist() == [["B", "D", "C"]]
+def with_photos(features: np.ndarray):
+    classifier, projection = model()
+    return classifier, features, projection
 
 
-def test_partition_best_takes_each_labels_closest_image_across_arrow_batches():
-    # GIVEN one query along x, and a partition arriving as two batches
-    query = unit_rows(np.array([[1.0, 0.0]]))
-    batches = [
-        frame(["A/1", "K/1"], ["Apple", "Kiwi"], [[1.0, 1.0], [0.0, 1.0]]),
-        frame(["A/2", "L/1"], ["Apple", "Lemon"], [[1.0, 0.1], [-1.0, 0.0]]),
-    ]
-    # WHEN the partition is summarised
-    (summary,) = partition_best(iter(batches), query, {"Apple": 0, "Kiwi": 1, "Lemon": 2}, 2)
-    best = np.frombuffer(summary["best"][0], np.float32).reshape(1, 3)
-    # THEN every label holds its best cosine, and the two nearest images come from both batches
-    assert np.allclose(best, [[np.cos(np.arctan(0.1)), 0.0, -1.0]], atol=1e-6)
-    assert summary["neighbour_keys"][0] == ["A/2", "A/1"]
-    assert summary["neighbour_labels"][0] == ["Apple", "Apple"]
+def test_rank_labels_puts_the_most_probable_label_first_and_keeps_its_index():
+    names, scores, order = rank_labels(np.array([[0.2, 0.7, 0.1]]), LABELS, top=3)
+    # THEN best first, scores descending, and the indices point back at the labels
+    assert names.tolist() == [["Kiwi", "Apple", "Lemon"]] and order.tolist() == [[1, 0, 2]]
+    assert scores.tolist() == [[0.7, 0.2, 0.1]]
 
 
-def test_rank_labels_puts_the_closest_label_first_with_scores_that_sum_to_one():
-    # GIVEN similarities to the closest image of each label
-    labels, scores = rank_labels(np.array([[0.80, 0.95, 0.60]]), LABELS, top=3)
-    # THEN best first, scores descending, and the full ranking is a distribution
-    assert labels.tolist() == [["Kiwi", "Apple", "Lemon"]]
-    assert np.all(np.diff(scores[0]) < 0) and scores.sum() == pytest.approx(1.0)
+def test_suggest_ranks_labels_and_names_each_suggested_labels_exemplar():
+    # GIVEN a photo near the Kiwi axis
+    found = suggest(*with_photos(np.array([[1.0, 6.0, 1.2]])))
+    # THEN Kiwi first, scores a distribution over the three labels, and each label's own exemplar beside it
+    assert found["labels"][0][0] == "Kiwi" and sorted(found["labels"][0]) == sorted(LABELS)
+    assert found["scores"][0].sum() == pytest.approx(1.0, abs=1e-5) and not found["uncertain"][0]
+    assert [key.split("/")[1] for key in found["neighbour_keys"][0]] == list(found["labels"][0])
+    assert found["neighbour_labels"][0].tolist() == found["labels"][0].tolist()
 
 
-def test_close_runners_up_make_a_weak_top_score_and_a_clear_winner_a_strong_one():
-    # GIVEN one photo nearly as close to two labels, another close to only one
-    _, scores = rank_labels(np.array([[0.90, 0.89, 0.88], [0.95, 0.60, 0.50]]), LABELS)
-    # THEN the first falls under the uncertainty threshold and the second is well above it
-    assert scores[0, 0] < UNCERTAIN_BELOW < scores[1, 0]
-    assert scores[1, 0] > 0.99
+def test_a_photo_between_two_labels_is_flagged_uncertain_and_a_clear_one_is_not():
+    # GIVEN one photo halfway between Apple and Kiwi, another on the Lemon axis
+    found = suggest(*with_photos(np.array([[3.5, 3.5, 1.0], [1.0, 1.0, 6.0]])))
+    # THEN the first falls under the threshold, the second is well above it
+    assert found["scores"][0][0] < UNCERTAIN_BELOW < found["scores"][1][0]
+    assert found["uncertain"].tolist() == [True, False]
 
 
 def test_json_goes_to_the_bucket_for_s3_sources_and_below_the_warehouse_otherwise():
@@ -126,19 +112,6 @@ def test_a_suggestion_for_a_key_that_climbs_out_is_never_written(tmp_path, sourc
     assert list(tmp_path.rglob("*.json")) == []
 
 
-def test_accuracy_counts_top1_top5_and_what_each_threshold_would_flag():
-    # GIVEN three photos: right at rank 1 (sure), right at rank 2 (unsure), absent from the top 5 (unsure)
-    labels = np.array([list("abcde"), list("xbcde"), list("vwxyz")], object)
-    scores = np.array([[0.9] + [0.02] * 4, [0.45] + [0.1] * 4, [0.35] + [0.1] * 4])
-    outcome = accuracy(labels, scores, np.array(["a", "b", "c"], object))
-    # THEN one of three right at top 1, two of three within the top 5
-    assert (outcome["top1"], outcome["top5"], outcome["wrong"]) == (0.3333, 0.6667, 2)
-    at_half = next(row for row in outcome["uncertain_thresholds"] if row["threshold"] == 0.5)
-    # THEN at 0.5 both wrong answers are flagged and the right one is kept
-    assert at_half == {"threshold": 0.5, "flagged_share": 0.6667, "top1_when_confident": 1.0,
-                       "wrong_flagged": 2, "right_flagged": 0}
-
-
 def test_photo_paths_needs_at_least_one_photo_and_image_file_names(tmp_path):
     with pytest.raises(ValueError, match="no photos given"):
         photo_paths([], None)
@@ -164,3 +137,21 @@ def test_a_missing_or_unreadable_photo_is_rejected_with_its_reason(tmp_path):
     assert read_photo(str(tmp_path / "absent.jpg")).reason == Reason.MISSING
     assert read_photo(str(tmp_path / "bad.jpg")).reason == Reason.NOT_AN_IMAGE
 
+
+
+@pytest.mark.parametrize("pointers, message", [
+    ((None, None), "no PCA model in this warehouse yet"),
+    ((None, "pca-1"), "no classifier for the current PCA"),
+    (("classifier-1", "pca-2"), "fitted with pca-1, but pca-2 is current"),
+])
+def test_suggestions_without_a_classifier_of_the_current_pca_say_why(monkeypatch, pointers, message):
+    # GIVEN the pointers (classifier, PCA) of a warehouse, and a classifier fitted with pca-1
+    monkeypatch.setattr(suggest_module.classifier, "current_version", lambda catalog: pointers[0])
+    monkeypatch.setattr(suggest_module, "current_pca_version", lambda catalog: pointers[1])
+    monkeypatch.setattr(suggest_module.classifier, "load", lambda warehouse, version: model()[0])
+    # THEN no suggestion is made from a missing or mismatched classifier, and the reason is named
+    with pytest.raises(suggest_module.NoClassifier, match=message):
+        suggest_module.current_classifier(None, "/wh")
+    monkeypatch.setattr(suggest_module, "current_pca_version", lambda catalog: "pca-1")
+    monkeypatch.setattr(suggest_module.classifier, "current_version", lambda catalog: "classifier-1")
+    assert suggest_module.current_classifier(None, "/wh").pca_version == "pca-1"

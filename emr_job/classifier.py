@@ -1,0 +1,265 @@
+"""The label classifier: multinomial logistic regression on L2-normalised features, fitted at
+refit time by Spark MLlib over every labelled row and versioned with the PCA it was fitted alongside.
+
+Why this method: see "Label suggestions" in docs/ARCHITECTURE.md (every candidate on every split).
+In short: of the candidates, it held up best on splits that separate capture sessions; its fit is
+one distributed job (L-BFGS, each iteration a tree-aggregated gradient; no feature row reaches the
+driver); and a suggestion costs one (labels × 1280) product per photo, whatever the size of the
+store.
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+import pandas as pd
+
+from contract import layout
+from emr_job import blobs, pca, store
+
+if TYPE_CHECKING:  # the arithmetic and the model files need no Spark (`verger evaluate-suggestions`)
+    from pyspark.sql import DataFrame
+
+METHOD = "logistic-regression/l2"
+# Inverse L2 penalty in scikit-learn's convention (Σ log-loss + ‖W‖²/2C), the best of 1, 10 and 100
+# on the session splits (ARCHITECTURE.md); the Spark fit uses the same objective (`spark_penalty`).
+PENALTY_C = 100.0
+MAX_ITERATIONS = 300
+# Softmax temperature of the scores: the likelihood-optimal one on both session splits (series and
+# leave-one-series-out).
+TEMPERATURE = 0.75
+# A photo whose top score is below this is flagged uncertain (session-split table in ARCHITECTURE.md).
+UNCERTAIN_BELOW = 0.5
+
+
+@dataclass
+class Classifier:
+    version: str
+    pca_version: str
+    labels: np.ndarray  # (C,) str, sorted
+    weights: np.ndarray  # (C, d) float64, d = 1280 feature dimensions
+    bias: np.ndarray  # (C,) float64
+    rows_per_label: np.ndarray  # (C,) int
+    exemplar_keys: np.ndarray  # (C,) str: each label's stored photo the classifier is surest of
+    exemplars: np.ndarray  # (C, k) float64, unit rows: those photos' PCA directions
+    penalty_c: float
+    temperature: float
+    iterations: int
+    fit_seconds: float
+    created_at: str
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """(n, d) features → (n, C) scores before the temperature."""
+        return unit_rows(features) @ self.weights.T + self.bias
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """(n, d) features → (n, C) calibrated label probabilities."""
+        return softmax(self.logits(features) / self.temperature)
+
+    def metadata(self) -> dict:
+        return {
+            "version": self.version, "pca_version": self.pca_version, "method": METHOD,
+            "labels": self.labels.tolist(), "rows_per_label": self.rows_per_label.tolist(),
+            "exemplar_keys": self.exemplar_keys.tolist(), "rows_fitted": int(self.rows_per_label.sum()),
+            "penalty_c": self.penalty_c, "temperature": self.temperature, "iterations": self.iterations,
+            "fit_seconds": self.fit_seconds, "feature_version": layout.FEATURE_VERSION, "created_at": self.created_at,
+        }
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero).
+
+    Examples
+    --------
+    >>> unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+    [[0.6, 0.8], [0.0, 0.0]]
+    """
+    x = np.asarray(x, np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms == 0, 1.0, norms)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable for large scores.
+
+    Examples
+    --------
+    >>> np.round(softmax(np.array([[0.0, np.log(3.0)]])), 3).tolist()
+    [[0.25, 0.75]]
+    """
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def spark_penalty(rows: int, penalty_c: float = PENALTY_C) -> float:
+    """Spark's `regParam` for scikit-learn's C: Spark minimises the mean log-loss + regParam‖W‖²/2,
+    scikit-learn the summed one + ‖W‖²/2C, so regParam = 1 / (C · rows).
+
+    Examples
+    --------
+    >>> spark_penalty(1000, 100.0)
+    1e-05
+    """
+    return 1.0 / (penalty_c * rows)
+
+
+class TooFewRows(ValueError):
+    """Not enough labelled photos to tell labels apart."""
+
+
+def build(labels: np.ndarray, counts: np.ndarray, weights: np.ndarray, bias: np.ndarray, pca_version: str,
+          iterations: int = 0, penalty_c: float = PENALTY_C, temperature: float = TEMPERATURE) -> Classifier:
+    """A new classifier version from fitted coefficients (exemplars are chosen afterwards)."""
+    now = datetime.now(timezone.utc)
+    return Classifier(
+        version=f"classifier-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}", pca_version=pca_version,
+        labels=np.asarray(labels, object), weights=np.asarray(weights, np.float64), bias=np.asarray(bias, np.float64),
+        rows_per_label=np.asarray(counts, np.int64), exemplar_keys=np.full(len(labels), "", object),
+        exemplars=np.zeros((len(labels), 0)), penalty_c=penalty_c, temperature=temperature,
+        iterations=iterations, fit_seconds=0.0, created_at=now.isoformat(timespec="seconds"),
+    )
+
+
+def training_rows(frames: Iterator[pd.DataFrame], labels: np.ndarray) -> Iterator[pd.DataFrame]:
+    """mapInPandas over (label, features): each row's label index and unit-length features, the
+    form the fit and `Classifier.logits` share."""
+    for frame in frames:
+        if not frame.empty:
+            yield pd.DataFrame({"label": np.searchsorted(labels, frame["label"].to_numpy()).astype(np.float64),
+                                "x": list(unit_rows(np.stack(frame["features"].to_numpy())))})
+
+
+def fit(features: DataFrame, projection: pca.PcaModel) -> Classifier | None:
+    """Fit over the labelled rows of a DataFrame (image_key, label, features); None when no row is
+    labelled. Only the labels' names and counts and the (C × d) coefficients reach the driver."""
+    from pyspark import StorageLevel
+    from pyspark.ml.classification import LogisticRegression
+    from pyspark.ml.functions import array_to_vector
+
+    started = time.perf_counter()
+    labelled = features.where("label IS NOT NULL")
+    counted = labelled.groupBy("label").count().orderBy("label").collect()
+    if not counted:
+        return None
+    labels = np.array([row["label"] for row in counted], object)
+    counts = np.array([row["count"] for row in counted], np.int64)
+    if len(labels) < 2:
+        raise TooFewRows(f"a classifier needs photos of at least two labels: only {labels[0]!r} is labelled")
+    rows = (labelled.select("label", "features")
+            .mapInPandas(lambda frames: training_rows(frames, labels), "label double, x array<double>")
+            .select("label", array_to_vector("x").alias("features"))
+            .persist(StorageLevel.MEMORY_AND_DISK))
+    fitted = LogisticRegression(
+        family="multinomial", regParam=spark_penalty(int(counts.sum())), elasticNetParam=0.0,
+        standardization=False, maxIter=MAX_ITERATIONS, tol=1e-6,
+    ).fit(rows)
+    rows.unpersist()
+    model = build(labels, counts, fitted.coefficientMatrix.toArray(), fitted.interceptVector.toArray(),
+                  projection.version, fitted.summary.totalIterations)
+    model = with_exemplars(model, exemplars(labelled, model, projection), list(labels))
+    model.fit_seconds = time.perf_counter() - started
+    return model
+
+
+EXEMPLAR_SCHEMA = "label string, score double, image_key string, direction array<double>"
+
+
+def surest_per_label(frames: Iterator[pd.DataFrame], model: Classifier, projection: pca.PcaModel
+                     ) -> Iterator[pd.DataFrame]:
+    """mapInPandas over labelled (image_key, label, features): per label, the row whose score for
+    its own label is highest, with its unit PCA direction."""
+    for frame in frames:
+        if frame.empty:
+            continue
+        features = np.stack(frame["features"].to_numpy())
+        own = np.searchsorted(model.labels, frame["label"].to_numpy())
+        score = np.take_along_axis(model.logits(features), own[:, None], 1)[:, 0]
+        best = pd.Series(score).groupby(own).idxmax().to_numpy()
+        yield pd.DataFrame({"label": model.labels[own[best]], "score": score[best],
+                            "image_key": frame["image_key"].to_numpy()[best],
+                            "direction": list(unit_rows(projection.project(features[best])))})
+
+
+def exemplars(labelled: DataFrame, model: Classifier, projection: pca.PcaModel) -> pd.DataFrame:
+    """Per label of `labelled`, the stored photo the classifier is surest of (the app shows it beside
+    the suggestion), indexed by label (image_key, direction): each partition sends its best row per
+    label, Spark keeps the best of those."""
+    from pyspark.sql import functions as F
+
+    shared = labelled.sparkSession.sparkContext.broadcast((model, projection))
+    chosen = (labelled.select("image_key", "label", "features")
+              .mapInPandas(lambda frames: surest_per_label(frames, *shared.value), EXEMPLAR_SCHEMA)
+              .groupBy("label").agg(F.max_by(F.struct("image_key", "direction"), "score").alias("best"))
+              .select("label", "best.image_key", "best.direction").toPandas().set_index("label"))
+    shared.unpersist()
+    return chosen
+
+
+def with_exemplars(model: Classifier, chosen: pd.DataFrame, labels: list[str]) -> Classifier:
+    """`model` with the exemplars of `labels` taken from `chosen` (`exemplars`' result); a label
+    absent from it (no stored photo left) gets none: an empty key and a zero direction."""
+    width = len(chosen["direction"].iloc[0]) if len(chosen) else model.exemplars.shape[1]
+    keys = model.exemplar_keys.copy()
+    directions = model.exemplars.copy() if model.exemplars.shape[1] == width else np.zeros((len(model.labels), width))
+    for label in labels:
+        at = int(np.searchsorted(model.labels, label))
+        keys[at] = chosen.at[label, "image_key"] if label in chosen.index else ""
+        directions[at] = chosen.at[label, "direction"] if label in chosen.index else 0.0
+    return replace(model, exemplar_keys=keys, exemplars=directions)
+
+
+def current_version(catalog) -> str | None:
+    """The classifier named by the projections table's pointer (None before the first fit)."""
+    projections = store.load_table(catalog, layout.PROJECTIONS_TABLE)
+    return (projections.properties.get(layout.CURRENT_CLASSIFIER_PROPERTY) or None) if projections else None
+
+
+def folder(warehouse: str, version: str) -> str:
+    return layout.warehouse_path(warehouse, layout.CLASSIFIER_DIR, version)
+
+
+def save(model: Classifier, warehouse: str, seen: DataFrame) -> None:
+    """Write the version's arrays, its metadata and the (image_key, etag, label) rows it was fitted
+    on; readers only use it once the pointer names it."""
+    buffer = io.BytesIO()
+    np.savez(buffer, weights=model.weights, bias=model.bias, exemplars=model.exemplars)
+    where = folder(warehouse, model.version)
+    seen.where("label IS NOT NULL").select("image_key", "etag", "label").write.parquet(f"{where}/rows")
+    blobs.write_bytes(f"{where}/model.npz", buffer.getvalue())
+    blobs.write_bytes(f"{where}/model.json", json.dumps(model.metadata(), indent=1).encode())
+
+
+def load(warehouse: str, version: str) -> Classifier:
+    where = folder(warehouse, version)
+    arrays = np.load(io.BytesIO(blobs.read_bytes(f"{where}/model.npz")))
+    meta = json.loads(blobs.read_bytes(f"{where}/model.json"))
+    return Classifier(
+        version=meta["version"], pca_version=meta["pca_version"], labels=np.array(meta["labels"], object),
+        weights=arrays["weights"], bias=arrays["bias"], rows_per_label=np.array(meta["rows_per_label"], np.int64),
+        exemplar_keys=np.array(meta["exemplar_keys"], object), exemplars=arrays["exemplars"],
+        penalty_c=meta["penalty_c"], temperature=meta["temperature"], iterations=meta["iterations"],
+        fit_seconds=meta["fit_seconds"], created_at=meta["created_at"],
+    )
+
+
+def refit(features: DataFrame, model: pca.PcaModel, warehouse: str) -> tuple[dict[str, str], dict]:
+    """At a PCA refit: fit, save, and return the pointer property for the projections commit and
+    the report. No labelled row: the pointer is cleared (an old classifier belongs to an old PCA)."""
+    try:
+        fitted = fit(features, model)
+    except TooFewRows as reason:
+        return {layout.CURRENT_CLASSIFIER_PROPERTY: ""}, {"action": "none", "reason": str(reason)}
+    if fitted is None:
+        return {layout.CURRENT_CLASSIFIER_PROPERTY: ""}, {"action": "none", "reason": "no labelled photos"}
+    save(fitted, warehouse, features)
+    return {layout.CURRENT_CLASSIFIER_PROPERTY: fitted.version}, {
+        "action": "fitted", "version": fitted.version, "method": METHOD, "labels": len(fitted.labels),
+        "rows_fitted": int(fitted.rows_per_label.sum()), "iterations": fitted.iterations,
+        "fit_seconds": round(fitted.fit_seconds, 3),
+    }
