@@ -1,4 +1,5 @@
-"""Photos in the report: nearest neighbours in PCA space, and the inbox photos' suggestions.
+"""Photos in the report: nearest neighbours in PCA space, and the inbox photos' suggestions with
+each suggested label's exemplar.
 
 Thumbnails are small JPEGs written next to the page, made from the local files the demo
 uploaded, so the page opens from disk with no server and no S3 access.
@@ -91,7 +92,8 @@ def latest_suggestions(tables: dict) -> pd.DataFrame:
 
 
 def inbox_section(suggestions: pd.DataFrame, thumbs: Thumbnails) -> str:
-    """Each inbox photo, where the demo took it from, its top labels and its nearest labelled photos."""
+    """Each inbox photo, where the demo took it from, its top labels and each one's exemplar photo
+    (none for a label whose photos were all erased since the refit)."""
     if suggestions.empty:
         return "<p>No inbox photo was processed.</p>"
     rows = []
@@ -108,6 +110,7 @@ def inbox_section(suggestions: pd.DataFrame, thumbs: Thumbnails) -> str:
         neighbours = "".join(
             thumbs.tag(key, f"{html.escape(label)}<br>cos {similarity:.3f}")
             for key, label, similarity in zip(row.neighbour_keys, row.neighbour_labels, row.neighbour_similarities)
+            if key
         )
         rows.append(f'<div class="row">{photo}<div class="ranked">top labels{verdict}<ol>{ranked}</ol></div>'
                     f'{neighbours}</div>')
