@@ -1,9 +1,9 @@
 """Label suggestions for unlabelled photos: the current classifier's five best labels.
 
 The classifier (`emr_job.classifier`) is fitted at refit time and named by a table property, so a
-suggestion costs one projection and one (labels × k) product per photo in the executors, whatever
-the size of the store. Beside each suggested label the app shows that label's exemplar (the stored photo closest
-to its mean) and the photo's cosine similarity to it.
+suggestion costs one (labels × 1280) product and one projection per photo in the executors,
+whatever the size of the store. Beside each suggested label the app shows that label's exemplar
+(the stored photo the classifier is surest of) and the photo's cosine similarity to it.
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from pyiceberg.expressions import AlwaysTrue, EqualTo
 from contract import layout
 from contract.manifest import MAINTAIN_MODE
 from emr_job import blobs, store
+from emr_job.classifier import unit_rows
 from emr_job.fetch import fetch_all
 from verger import report
 from verger.template import load_template
@@ -139,11 +140,11 @@ def nearest(projected: pd.DataFrame, image_key: str, count: int = 8) -> pd.DataF
     matches = projected.index[projected["image_key"] == image_key]
     if not len(matches):
         raise KeyError(f"{image_key!r} has no projection under the current PCA version")
-    coordinates = np.stack(projected["pca"].to_numpy())  # (n, k)
-    unit = coordinates / np.maximum(np.linalg.norm(coordinates, axis=1, keepdims=True), 1e-12)
+    unit = unit_rows(np.stack(projected["pca"].to_numpy()))  # (n, k)
     similarity = unit @ unit[matches[0]]
     order = [i for i in np.argsort(-similarity, kind="stable") if i != matches[0]][:count]
-    return projected.iloc[order][["image_key", "etag", "label", "batch_id"]].assign(similarity=similarity[order])
+    shown = [column for column in ("image_key", "etag", "label", "batch_id") if column in projected]
+    return projected.iloc[order][shown].assign(similarity=similarity[order])
 
 
 def fetch_photos(data: Store, reports: list[dict], rows: pd.DataFrame, images: str | None = None) -> list[bytes | str]:

@@ -10,10 +10,10 @@ import hashlib
 import html
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from contract import layout
+from verger.explore import latest_rows, nearest
 
 THUMB_PX = 80
 THUMBS_DIR = "thumbs"
@@ -63,21 +63,14 @@ def neighbour_gallery(points: pd.DataFrame, thumbs: Thumbnails) -> str:
     labels = sorted(labelled["label"].unique())
     if len(labelled) <= NEIGHBOURS:
         return "<p>Too few photos for a gallery.</p>"
-    vectors = np.stack(labelled["pca"].to_numpy()).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
     chosen = labels[:: max(1, len(labels) // GALLERY_PHOTOS)][:GALLERY_PHOTOS]
     rows = []
     for label in chosen:
-        index = int(labelled.index[labelled["label"] == label][0])
-        similarity = vectors @ vectors[index]
-        similarity[index] = -np.inf
-        nearest = np.argsort(-similarity)[:NEIGHBOURS]
-        cells = [thumbs.tag(labelled.at[index, "image_key"], f"<b>{html.escape(label)}</b>")]
-        for j in nearest:
-            other = labelled.at[int(j), "label"]
-            colour = "#1a7f37" if other == label else "#c62828"
-            cells.append(thumbs.tag(labelled.at[int(j), "image_key"],
-                                    f"{html.escape(other)}<br>cos {similarity[j]:.3f}", colour))
+        key = labelled.loc[labelled["label"] == label, "image_key"].iloc[0]
+        cells = [thumbs.tag(key, f"<b>{html.escape(label)}</b>")]
+        for found in nearest(labelled, key, NEIGHBOURS).itertuples():
+            colour = "#1a7f37" if found.label == label else "#c62828"
+            cells.append(thumbs.tag(found.image_key, f"{html.escape(found.label)}<br>cos {found.similarity:.3f}", colour))
         rows.append(f'<div class="row">{"".join(cells)}</div>')
     return "".join(rows)
 
@@ -86,8 +79,6 @@ def latest_suggestions(tables: dict) -> pd.DataFrame:
     table = tables.get(layout.SUGGESTIONS_TABLE)
     if table is None:
         return pd.DataFrame()
-    from verger.explore import latest_rows
-
     return latest_rows(table.scan().to_pandas(), "created_at")
 
 
