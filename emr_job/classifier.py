@@ -1,11 +1,11 @@
 """The label classifier: multinomial logistic regression on L2-normalised features, fitted at
-refit time by Spark MLlib over every labelled row and versioned with the PCA it was fitted alongside.
+refit time over every labelled row and versioned with the PCA it was fitted alongside.
 
 Why this method: see "Label suggestions" in docs/ARCHITECTURE.md (every candidate on every split).
 In short: of the candidates, it held up best on splits that separate capture sessions; its fit is
-one distributed job (L-BFGS, each iteration a tree-aggregated gradient; no feature row reaches the
-driver); and a suggestion costs one (labels × 1280) product per photo, whatever the size of the
-store.
+distributed (L-BFGS on the driver, each evaluation a tree-aggregated sum over cached blocks in the
+executors; no feature row reaches the driver); and a suggestion costs one (labels × 1280) product
+per photo, whatever the size of the store.
 """
 from __future__ import annotations
 
@@ -21,16 +21,15 @@ import numpy as np
 import pandas as pd
 
 from contract import layout
-from emr_job import blobs, pca, store
+from emr_job import blobs, logistic, pca, store
 
 if TYPE_CHECKING:  # the arithmetic and the model files need no Spark (`verger evaluate-suggestions`)
     from pyspark.sql import DataFrame
 
 METHOD = "logistic-regression/l2"
 # Inverse L2 penalty in scikit-learn's convention (Σ log-loss + ‖W‖²/2C), the best of 1, 10 and 100
-# on the session splits (ARCHITECTURE.md); the Spark fit uses the same objective (`spark_penalty`).
+# on the session splits (ARCHITECTURE.md); `emr_job.logistic` minimises that objective divided by n.
 PENALTY_C = 100.0
-MAX_ITERATIONS = 300
 # Softmax temperature of the scores: the likelihood-optimal one on both session splits (series and
 # leave-one-series-out).
 TEMPERATURE = 0.75
@@ -53,6 +52,7 @@ class Classifier:
     iterations: int
     fit_seconds: float
     created_at: str
+    converged: bool = True  # the fit met `logistic.GRADIENT_TOLERANCE` within its iterations
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """(n, d) features → (n, C) scores before the temperature."""
@@ -68,7 +68,7 @@ class Classifier:
             "labels": self.labels.tolist(), "rows_per_label": self.rows_per_label.tolist(),
             "exemplar_keys": self.exemplar_keys.tolist(), "rows_fitted": int(self.rows_per_label.sum()),
             "penalty_c": self.penalty_c, "temperature": self.temperature, "iterations": self.iterations,
-            "fit_seconds": self.fit_seconds, "feature_version": layout.FEATURE_VERSION, "created_at": self.created_at,
+            "converged": self.converged, "fit_seconds": self.fit_seconds, "feature_version": layout.FEATURE_VERSION, "created_at": self.created_at,
         }
 
 
@@ -97,18 +97,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def spark_penalty(rows: int, penalty_c: float = PENALTY_C) -> float:
-    """Spark's `regParam` for scikit-learn's C: Spark minimises the mean log-loss + regParam‖W‖²/2,
-    scikit-learn the summed one + ‖W‖²/2C, so regParam = 1 / (C · rows).
-
-    Examples
-    --------
-    >>> spark_penalty(1000, 100.0)
-    1e-05
-    """
-    return 1.0 / (penalty_c * rows)
-
-
 class TooFewRows(ValueError):
     """Not enough labelled photos to tell labels apart."""
 
@@ -126,21 +114,32 @@ def build(labels: np.ndarray, counts: np.ndarray, weights: np.ndarray, bias: np.
     )
 
 
-def training_rows(frames: Iterator[pd.DataFrame], labels: np.ndarray) -> Iterator[pd.DataFrame]:
-    """mapInPandas over (label, features): each row's label index and unit-length features, the
-    form the fit and `Classifier.logits` share."""
+BLOCK_SCHEMA = "labels binary, rows binary, count int"
+
+
+def training_blocks(frames: Iterator[pd.DataFrame], labels: np.ndarray) -> Iterator[pd.DataFrame]:
+    """mapInPandas over (label, features): each Arrow batch as one block of label indices into
+    `labels` and unit-length float32 rows, the form `logistic.block_sums` and `Classifier.logits`
+    share."""
     for frame in frames:
         if not frame.empty:
-            yield pd.DataFrame({"label": np.searchsorted(labels, frame["label"].to_numpy()).astype(np.float64),
-                                "x": list(unit_rows(np.stack(frame["features"].to_numpy())))})
+            index = np.searchsorted(labels, frame["label"].to_numpy()).astype(np.int32)
+            rows = unit_rows(np.stack(frame["features"].to_numpy())).astype(np.float32)
+            yield pd.DataFrame({"labels": [index.tobytes()], "rows": [rows.tobytes()], "count": [len(index)]})
+
+
+def decoded(block) -> tuple[np.ndarray, np.ndarray]:
+    """A `training_blocks` row → (label indices, (n, d) rows)."""
+    labels = np.frombuffer(block["labels"], np.int32)
+    return labels, np.frombuffer(block["rows"], np.float32).reshape(len(labels), -1)
 
 
 def fit(features: DataFrame, projection: pca.PcaModel) -> Classifier | None:
     """Fit over the labelled rows of a DataFrame (image_key, label, features); None when no row is
-    labelled. Only the labels' names and counts and the (C × d) coefficients reach the driver."""
+    labelled. The rows stay in the executors as cached blocks; each L-BFGS evaluation broadcasts
+    the coefficients and adds up the blocks' loss and gradient, so only the labels' names and
+    counts and (C × d) numbers ever reach the driver."""
     from pyspark import StorageLevel
-    from pyspark.ml.classification import LogisticRegression
-    from pyspark.ml.functions import array_to_vector
 
     started = time.perf_counter()
     labelled = features.where("label IS NOT NULL")
@@ -151,17 +150,24 @@ def fit(features: DataFrame, projection: pca.PcaModel) -> Classifier | None:
     counts = np.array([row["count"] for row in counted], np.int64)
     if len(labels) < 2:
         raise TooFewRows(f"a classifier needs photos of at least two labels: only {labels[0]!r} is labelled")
-    rows = (labelled.select("label", "features")
-            .mapInPandas(lambda frames: training_rows(frames, labels), "label double, x array<double>")
-            .select("label", array_to_vector("x").alias("features"))
-            .persist(StorageLevel.MEMORY_AND_DISK))
-    fitted = LogisticRegression(
-        family="multinomial", regParam=spark_penalty(int(counts.sum())), elasticNetParam=0.0,
-        standardization=False, maxIter=MAX_ITERATIONS, tol=1e-6,
-    ).fit(rows)
-    rows.unpersist()
-    model = build(labels, counts, fitted.coefficientMatrix.toArray(), fitted.interceptVector.toArray(),
-                  projection.version, fitted.summary.totalIterations)
+    context, count = features.sparkSession.sparkContext, len(labels)
+    blocks = (labelled.select("label", "features")
+              .mapInPandas(lambda frames: training_blocks(frames, labels), BLOCK_SCHEMA)
+              .rdd.map(decoded).coalesce(context.defaultParallelism)  # one task per core: a task costs ~0.1 s
+              .persist(StorageLevel.MEMORY_AND_DISK))
+
+    def evaluate(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        shared = context.broadcast(theta)
+        summed = blocks.map(lambda block: (*logistic.block_sums(shared.value, *block, count), len(block[0]))
+                            ).treeReduce(logistic.add)
+        shared.destroy()
+        return logistic.objective(summed, theta, count, PENALTY_C)
+
+    dims = len(blocks.first()[1][0])
+    solution = logistic.minimise(evaluate, np.zeros(count * dims + count))
+    blocks.unpersist()
+    model = replace(build(labels, counts, *logistic.split(solution.theta, count), projection.version,
+                          solution.iterations), converged=solution.converged)
     model = with_exemplars(model, exemplars(labelled, model, projection), list(labels))
     model.fit_seconds = time.perf_counter() - started
     return model
@@ -244,7 +250,7 @@ def load(warehouse: str, version: str) -> Classifier:
         weights=arrays["weights"], bias=arrays["bias"], rows_per_label=np.array(meta["rows_per_label"], np.int64),
         exemplar_keys=np.array(meta["exemplar_keys"], object), exemplars=arrays["exemplars"],
         penalty_c=meta["penalty_c"], temperature=meta["temperature"], iterations=meta["iterations"],
-        fit_seconds=meta["fit_seconds"], created_at=meta["created_at"],
+        fit_seconds=meta["fit_seconds"], created_at=meta["created_at"], converged=meta.get("converged", True),
     )
 
 
@@ -261,5 +267,5 @@ def refit(features: DataFrame, model: pca.PcaModel, warehouse: str) -> tuple[dic
     return {layout.CURRENT_CLASSIFIER_PROPERTY: fitted.version}, {
         "action": "fitted", "version": fitted.version, "method": METHOD, "labels": len(fitted.labels),
         "rows_fitted": int(fitted.rows_per_label.sum()), "iterations": fitted.iterations,
-        "fit_seconds": round(fitted.fit_seconds, 3),
+        "converged": fitted.converged, "fit_seconds": round(fitted.fit_seconds, 3),
     }

@@ -5,9 +5,8 @@ Fruits-360 frames of one (label, series) come from one rotating video, so a rand
 near-identical neighbours on both sides and flatters any method that memorises the session. The
 splits here are named after what they keep apart; `series` and `loso` separate capture sessions
 and are the ones methods are chosen and tuned on (`block` only checks nothing got worse there).
-Every method sees the training rows only. The shipped one scores through the job's own code
-(`emr_job.classifier`); its coefficients come from scikit-learn's solver for the objective the
-job's Spark fit minimises (the integration tests check the two agree).
+Every method sees the training rows only. The shipped one is fitted and scores through the job's
+own code (`emr_job.logistic`, `emr_job.classifier`).
 """
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from contract.layout import DEFAULT_VARIANCE_TARGET
-from emr_job import classifier, pca
+from emr_job import classifier, logistic, pca
 
 FILE_PATTERN = re.compile(r"(?:^|/)(r[0-9]*_)?([0-9]+)_[^/]*$")  # Fruits-360: [r_|r2_…]<frame>_<size>.jpg
 SPLITS = ("block", "gap", "series", "loso")
@@ -152,22 +151,22 @@ def training_pca(train: np.ndarray) -> pca.PcaModel:
     return pca.fit_from_moments(len(x), x.sum(axis=0), x.T @ x, DEFAULT_VARIANCE_TARGET)
 
 
-def logistic_regression(train: np.ndarray, labels: np.ndarray, penalty_c: float = classifier.PENALTY_C):
-    """Multinomial logistic regression on unit-length rows, the objective the job's Spark fit
-    minimises (scikit-learn's L-BFGS here: the evaluation refits once per fold and needs no cluster)."""
-    from sklearn.linear_model import LogisticRegression
-
-    return LogisticRegression(C=penalty_c, max_iter=classifier.MAX_ITERATIONS).fit(classifier.unit_rows(train), labels)
+def logistic_regression(train: np.ndarray, labels: np.ndarray, penalty_c: float = classifier.PENALTY_C
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The job's fit (`emr_job.logistic`, here over one block on this machine: the evaluation refits
+    once per fold and needs no cluster) → (labels present, weights, intercepts)."""
+    present = np.unique(labels)
+    solution = logistic.fit_local(classifier.unit_rows(train), np.searchsorted(present, labels), len(present), penalty_c)
+    return (present, *logistic.split(solution.theta, len(present)))
 
 
 def shipped_logits(train: np.ndarray, labels: np.ndarray, test: np.ndarray, count: int) -> np.ndarray:
     """The job's classifier form (`classifier.build`, `Classifier.logits`) with coefficients fitted
     on the training rows; scores before the temperature."""
-    fitted = logistic_regression(train, labels)
-    model = classifier.build(fitted.classes_, np.bincount(labels)[fitted.classes_], fitted.coef_,
-                             fitted.intercept_, "evaluation")
+    present, weights, bias = logistic_regression(train, labels)
+    model = classifier.build(present, np.bincount(labels)[present], weights, bias, "evaluation")
     logits = np.full((len(test), count), -np.inf)
-    logits[:, fitted.classes_] = model.logits(test)
+    logits[:, present] = model.logits(test)
     return logits
 
 
@@ -184,7 +183,7 @@ def logistic_regression_on_pca(train, labels, test, count, direction: bool = Fal
         x, q = 10 * classifier.unit_rows(x), 10 * classifier.unit_rows(q)
     from sklearn.linear_model import LogisticRegression
 
-    fitted = LogisticRegression(C=penalty_c, max_iter=classifier.MAX_ITERATIONS).fit(x, labels)
+    fitted = LogisticRegression(C=penalty_c, max_iter=logistic.MAX_ITERATIONS).fit(x, labels)
     probabilities = np.zeros((len(test), count))
     probabilities[:, fitted.classes_] = fitted.predict_proba(q)
     return probabilities

@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emr_job import pca
+from emr_job import logistic, pca
 from emr_job.classifier import (
-    build, load, save, softmax, spark_penalty, surest_per_label, training_rows, unit_rows, with_exemplars,
+    build, decoded, load, save, softmax, surest_per_label, training_blocks, unit_rows, with_exemplars,
 )
 
 LABELS = np.array(["Apple", "Kiwi", "Lemon", "Pear"], object)
@@ -22,23 +22,26 @@ def labelled_rows(per_label: int = 30, seed: int = 0) -> tuple[np.ndarray, np.nd
 
 
 def fitted(x, labels, temperature: float = 1.0):
-    """Coefficients from scikit-learn for the objective the Spark fit minimises."""
-    from sklearn.linear_model import LogisticRegression
-
+    """Coefficients from the job's own solver (`emr_job.logistic`) on one block."""
     names, index = np.unique(labels, return_inverse=True)
-    solved = LogisticRegression(C=100.0, max_iter=300).fit(unit_rows(x), index)
-    return build(names, np.bincount(index), solved.coef_, solved.intercept_, "pca-7", 12, temperature=temperature)
+    solved = logistic.fit_local(unit_rows(x), index, len(names), 100.0)
+    return build(names, np.bincount(index), *logistic.split(solved.theta, len(names)), "pca-7", 12,
+                 temperature=temperature)
 
 
-def test_training_rows_give_each_row_its_label_index_and_unit_length_features_across_batches():
+def test_training_blocks_give_each_row_its_label_index_and_unit_length_features_across_batches():
     x, labels = labelled_rows()
     batches = [pd.DataFrame({"label": labels[rows], "features": list(x[rows].astype(np.float32))})
                for rows in (slice(0, 70), slice(70, 70), slice(70, None))]
-    # WHEN a partition (with an empty batch in the middle) is turned into training rows
-    out = pd.concat(list(training_rows(iter(batches), LABELS)))
-    # THEN each row keeps its label as an index into the sorted labels and has unit length
-    assert out["label"].tolist() == np.repeat([0.0, 1.0, 2.0, 3.0], 30).tolist()
-    assert np.allclose(np.linalg.norm(np.stack(out["x"].to_numpy()), axis=1), 1.0)
+    # WHEN a partition (with an empty batch in the middle) is turned into training blocks
+    blocks = [decoded(row) for frame in training_blocks(iter(batches), LABELS) for _, row in frame.iterrows()]
+    # THEN one block per non-empty batch; each row keeps its label as an index into the sorted
+    # labels, in order, and has unit length
+    assert [len(indices) for indices, _ in blocks] == [70, 50]
+    assert np.concatenate([indices for indices, _ in blocks]).tolist() == np.repeat([0, 1, 2, 3], 30).tolist()
+    rows = np.vstack([rows for _, rows in blocks])
+    assert rows.dtype == np.float32 and rows.shape == (120, 16)
+    assert np.allclose(np.linalg.norm(rows, axis=1), 1.0) and np.allclose(rows, unit_rows(x), atol=1e-6)
 
 
 def test_scores_are_the_linear_form_of_unit_features_and_do_not_depend_on_a_photos_brightness():
@@ -67,13 +70,6 @@ def test_a_higher_temperature_softens_the_scores_without_changing_their_order():
     assert np.array_equal(sharp.probabilities(x).argsort(axis=1), soft.probabilities(x).argsort(axis=1))
     assert (soft.probabilities(x).max(axis=1) < sharp.probabilities(x).max(axis=1)).all()
     assert np.allclose(soft.probabilities(x), softmax(sharp.logits(x) / 4.0))
-
-
-def test_spark_penalty_gives_the_same_objective_as_scikit_learns_c_whatever_the_row_count():
-    # Spark: mean loss + r‖W‖²/2; scikit-learn: summed loss + ‖W‖²/2C. Multiplying Spark's by n
-    # must give scikit-learn's, so r · n = 1 / C
-    for rows in (10, 22688, 10**7):
-        assert spark_penalty(rows, 100.0) * rows == pytest.approx(1 / 100.0)
 
 
 def test_the_exemplar_of_a_label_is_its_own_photo_the_classifier_is_surest_of():
