@@ -3,9 +3,8 @@
 Verger's stored features are compared with the notebook baseline's (Keras FP32, the same bicubic
 decode): cosine per photo, the PCA's k at the variance target, and held-out label accuracy on the
 capture-session ("series") split of `verger evaluate-suggestions` — train on the plain rotation
-series, test on the r_ series — ranked by the nearest photo per label (cosine in PCA space; the suggestion
-method before the logistic-regression classifier, kept here because it needs no fit, so the figure
-moves with the features alone). All in numpy, so no Spark job adds to the benchmark's load.
+series, test on the r_ series — with the shipped suggestion method (the job's own logistic-regression
+fit and scores). All in numpy, so no Spark job adds to the benchmark's load.
 """
 from __future__ import annotations
 
@@ -18,9 +17,7 @@ import pyarrow.parquet as pq
 
 from emr_job import pca, store
 from emr_job.classifier import unit_rows
-from verger.suggest_evaluation import FILE_PATTERN
-
-QUERY_CHUNK = 512
+from verger.suggest_evaluation import FILE_PATTERN, shipped_logits
 
 
 @dataclass(frozen=True)
@@ -56,32 +53,18 @@ def cosines(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 
 def quality(keys: list[str], features: np.ndarray, variance: float) -> Quality:
-    """k of the PCA fitted to all photos, and top-1 on the series split (PCA refitted on training)."""
-    names = [key.rsplit("/", 1)[-1] for key in keys]
-    matches = [re.match(FILE_PATTERN, name) for name in names]
+    """k of the PCA fitted to all photos, and the shipped classifier's top-1 on the series split."""
+    matches = [re.match(FILE_PATTERN, key.rsplit("/", 1)[-1]) for key in keys]
     test = np.array([bool(m and m.group(1)) for m in matches])
     labels = np.array([key.rsplit("/", 2)[-2] for key in keys])
     whole = fitted(features, variance)
     if not test.any() or test.all():
         raise ValueError("the series split needs photos of both plain and r_ series")
-    model = fitted(features[~test], variance)
-    predicted = nearest_label(model.project(features[~test]), labels[~test], model.project(features[test]))
+    names, index = np.unique(labels, return_inverse=True)
+    predicted = names[shipped_logits(features[~test], index[~test], features[test], len(names)).argmax(axis=1)]
     return Quality(top1=float((predicted == labels[test]).mean()), k=whole.k, test=int(test.sum()))
 
 
 def fitted(features: np.ndarray, variance: float) -> pca.PcaModel:
     wide = features.astype(np.float64)
     return pca.fit_from_moments(len(wide), wide.sum(axis=0), wide.T @ wide, variance)
-
-
-def nearest_label(points: np.ndarray, point_labels: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """For each query, the label of its most cosine-similar point."""
-    order = np.argsort(point_labels, kind="stable")
-    names, starts = np.unique(point_labels[order], return_index=True)
-    points = unit_rows(points[order])
-    best = []
-    for begin in range(0, len(queries), QUERY_CHUNK):
-        similarity = unit_rows(queries[begin:begin + QUERY_CHUNK]) @ points.T  # (chunk, points)
-        per_label = np.maximum.reduceat(similarity, starts, axis=1)  # (chunk, labels)
-        best.append(names[per_label.argmax(axis=1)])
-    return np.concatenate(best)
