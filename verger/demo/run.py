@@ -231,6 +231,7 @@ class EmbeddedRun:
         started = time.perf_counter()
         before = manifest_ids(self.s3, self.stack.bucket)
         known, steps, invocations = set(before), {}, 0
+        in_order: list[str] = []  # the phase's batches in the order their steps ran
         total = len(uploads) or len(bodies or ()) or len(deletions or ())
         stop = threading.Event()  # set when the phase fails or is interrupted: pending uploads are skipped
         with progress(self.screen, name, total) as bar, ThreadPoolExecutor(1) as background:
@@ -241,6 +242,7 @@ class EmbeddedRun:
                 invocations += 1
                 started_now = manifest_ids(self.s3, self.stack.bucket) - known
                 known |= started_now
+                in_order.extend(sorted(started_now))
                 if len(started_now) == 1:  # its wall time is that batch's step, start-up included
                     steps[started_now.pop()] = invocation.seconds
                 bar.update(min(invocation.records, total - bar.n))
@@ -266,7 +268,7 @@ class EmbeddedRun:
             raise DemoError(f"{name}: the handler failed {failed} records (see its log)")
         phase = Phase(name, PURPOSES[name], images_uploaded=len(uploads),
                       records=sum(invocation.records for invocation in handled), invocations=len(handled),
-                      batch_ids=sorted(known - before), seconds=time.perf_counter() - started,
+                      batch_ids=in_order, seconds=time.perf_counter() - started,
                       step_seconds=steps)
         self._count(phase)
         return phase, handled
