@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
-from emr_job import pca, store
+from emr_job import store
 from emr_job.classifier import unit_rows
-from verger.suggest_evaluation import FILE_PATTERN, shipped_logits
+from verger.suggest_evaluation import FILE_PATTERN, shipped_logits, training_pca
 
 
 @dataclass(frozen=True)
@@ -57,14 +57,10 @@ def quality(keys: list[str], features: np.ndarray, variance: float) -> Quality:
     matches = [re.match(FILE_PATTERN, key.rsplit("/", 1)[-1]) for key in keys]
     test = np.array([bool(m and m.group(1)) for m in matches])
     labels = np.array([key.rsplit("/", 2)[-2] for key in keys])
-    whole = fitted(features, variance)
+    whole = training_pca(features, variance)
     if not test.any() or test.all():
         raise ValueError("the series split needs photos of both plain and r_ series")
     names, index = np.unique(labels, return_inverse=True)
     predicted = names[shipped_logits(features[~test], index[~test], features[test], len(names)).argmax(axis=1)]
     return Quality(top1=float((predicted == labels[test]).mean()), k=whole.k, test=int(test.sum()))
 
-
-def fitted(features: np.ndarray, variance: float) -> pca.PcaModel:
-    wide = features.astype(np.float64)
-    return pca.fit_from_moments(len(wide), wide.sum(axis=0), wide.T @ wide, variance)
