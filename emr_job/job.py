@@ -6,31 +6,29 @@ embedded S3 API and a real cluster exercise the same code.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pyspark import SparkFiles, StorageLevel
+import pandas as pd
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from contract import layout
 from contract.manifest import LISTING_MODES, Manifest
-from emr_job import blobs, store
-from emr_job.engines import load_extractor
-from emr_job.erasure import erase, erase_removed, erasure_filter
+from emr_job import blobs, key_reads, store, warmup
+from emr_job.commits import TRANSIENT_REASONS, commit_extraction
+from emr_job.driver_batch import DRIVER_PHOTOS, run_on_driver
+from emr_job.erasure import erase, erase_removed
 from emr_job.extract import OUTPUT_SCHEMA, extract_partitions
-from emr_job.images import Reason
-from emr_job.listing import LISTING_SCHEMA, list_source
+from emr_job.listing import list_source
 from emr_job.projections import apply_pca
-from emr_job.readers import current_versions, table_rows, with_features
+from emr_job.readers import current_versions, features_of, table_rows, with_features
 from emr_job.settings import JobSettings
 from emr_job.suggest import suggest_for_batch
 
 ROWS_PER_PARTITION = 256
-TRANSIENT_REASONS = (Reason.FETCH_FAILED,)
-DERIVED_TABLES = (layout.PROJECTIONS_TABLE, layout.QUARANTINE_TABLE, layout.SUGGESTIONS_TABLE)
 
 
 def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings) -> dict:
@@ -42,6 +40,10 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
     """
     started = time.perf_counter()
     ingested_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    loader = warmup.model_loader(spark, settings)
+    added = sum(not item.removed for item in manifest.items)
+    # a batch that may go to the executors has their model loaded while the driver plans
+    warming = warmup.start(spark, loader) if manifest.mode in LISTING_MODES or added > DRIVER_PHOTOS else None
     catalog = store.open_catalog(settings.warehouse)
     report: dict = {"batch_id": manifest.batch_id, "mode": manifest.mode, "source": manifest.source,
                     "ingested_at": ingested_at, "seconds": {},
@@ -51,30 +53,19 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
         report["erasure"] = erase_removed(spark, catalog, settings.warehouse, manifest.source,
                                           manifest.batch_id, removals)
     batch = plan_batch(spark, catalog, manifest, ingested_at)
-    report["images"] = batch.counts
+    report["images"] = {**batch.counts, "new": 0, "quarantined": 0, "quarantined_by_reason": {}}
     if batch.erase_absent:
         report["erasure_of_absent"] = erase(spark, catalog, settings.warehouse, manifest.source,
                                             manifest.batch_id, batch.erase_absent)
-    extracted = None
-    if batch.todo_count:
-        extraction, extracted = extract_and_commit(spark, catalog, manifest, batch, settings, ingested_at)
-        report["images"].update(extraction["images"])
-        report["seconds"].update(extraction["seconds"])
+    if batch.todo_rows is not None and batch.todo_count <= DRIVER_PHOTOS:
+        report["executed_in"] = "driver"
+        run_on_driver(spark, catalog, manifest, batch.todo_frame(), batch.keys, batch.replaced, settings,
+                      ingested_at, report)
     else:
-        report["images"].update({"new": 0, "quarantined": 0, "quarantined_by_reason": {}})
-    batch.release()
-    fresh = None if extracted is None else extracted.where(F.col("reason").isNull())
-
-    began = time.perf_counter()
-    report["pca"] = apply_pca(spark, catalog, manifest, settings, batch.keys, fresh)
-    report["seconds"]["pca"] = round(time.perf_counter() - began, 3)
-    unsuggested = unsuggested_rows(spark, catalog, batch.keys, fresh).persist(StorageLevel.MEMORY_AND_DISK)
-    if not unsuggested.isEmpty():
-        report["suggestions"] = suggest_for_batch(spark, catalog, settings.warehouse, manifest.source,
-                                                  manifest.batch_id, unsuggested)
-    unsuggested.unpersist()
-    if extracted is not None:
-        extracted.unpersist()
+        report["executed_in"] = "executors"
+        run_in_spark(spark, catalog, manifest, batch, settings, loader, ingested_at, report)
+    if warming is not None:
+        warming.join()
 
     total = time.perf_counter() - started
     report["seconds"]["total"] = round(total, 3)
@@ -84,37 +75,97 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
     return report
 
 
+def run_in_spark(spark: SparkSession, catalog, manifest: Manifest, batch: Batch, settings: JobSettings, loader,
+                 ingested_at: str, report: dict) -> None:
+    """Extract, commit, project and suggest the batch in the executors; fills in `report`."""
+    extracted, quarantined = None, set()
+    if batch.todo_count:
+        extraction, extracted, quarantined = extract_and_commit(spark, catalog, manifest, batch, settings, loader,
+                                                                ingested_at)
+        report["images"].update(extraction["images"])
+        report["seconds"].update(extraction["seconds"])
+    batch.release()
+    fresh = None if extracted is None else extracted.where(F.col("reason").isNull())
+    fresh_pairs = frozenset((key, etag) for key, etag in batch.pairs() if key not in quarantined)
+
+    began = time.perf_counter()
+    report["pca"] = apply_pca(spark, catalog, manifest, settings, batch.keys, fresh, fresh_pairs)
+    report["seconds"]["pca"] = round(time.perf_counter() - began, 3)
+    unsuggested = unsuggested_rows(spark, catalog, batch.keys, fresh, fresh_pairs)
+    if unsuggested is not None:
+        report["suggestions"] = suggest_for_batch(spark, catalog, settings.warehouse, manifest.source,
+                                                  manifest.batch_id, unsuggested)
+        unsuggested.unpersist()
+    if extracted is not None:
+        extracted.unpersist()
+
+
 @dataclass
 class Batch:
-    """What a batch has to extract, decided in Spark: `todo` (image_key, etag, label, stored_etag)
-    stays distributed; only counts and, for the features commit, batch-sized key lists reach the driver."""
+    """What a batch has to extract (image_key, etag, label, size, stored_etag): `todo_rows` on the
+    driver for a keyed batch, `todo` distributed for a listing one. `replaced` (key → new etag of
+    the keys stored under an older version) is known on the driver for a keyed batch only."""
 
-    todo: DataFrame
     todo_count: int
     counts: dict
     keys: list[str] | None  # the keys this batch covers (None: every key, for a listing mode)
     erase_absent: list[str]
+    todo: DataFrame | None = None
+    todo_rows: list[tuple] | None = None
+    replaced: dict[str, str] | None = None
+
+    def todo_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.todo_rows, columns=TODO_COLUMNS)
+
+    def todo_in_spark(self, spark: SparkSession) -> DataFrame:
+        return self.todo if self.todo is not None else spark.createDataFrame(self.todo_rows, TODO_SCHEMA)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """A keyed batch's todo (image_key, etag) pairs (none for a listing batch)."""
+        return [(key, etag) for key, etag, *_ in self.todo_rows or []]
 
     def release(self) -> None:
-        self.todo.unpersist()
+        if self.todo is not None:
+            self.todo.unpersist()
+
+
+TODO_COLUMNS = ["image_key", "etag", "label", "size", "stored_etag"]
+TODO_SCHEMA = "image_key string, etag string, label string, size long, stored_etag string"
 
 
 def plan_batch(spark: SparkSession, catalog, manifest: Manifest, ingested_at: str) -> Batch:
-    """Compare the batch's (key, etag) pairs with the store without bringing the store to the
-    driver: anti-joins against the current rows and the quarantine, read only from the files whose
-    key bounds may hold the batch's keys (a listing mode compares the whole bucket with the whole
-    store, still distributed)."""
+    """Compare the batch's (key, etag) pairs with the store: on the driver for a manifest that
+    names its keys (`emr_job.key_reads`), in Spark for a listing mode."""
     if manifest.mode in LISTING_MODES:
-        candidates = list_source(spark, manifest.source).persist(StorageLevel.MEMORY_AND_DISK)
-        keys = None
-    else:
-        added = [item for item in manifest.items if not item.removed]
-        candidates = spark.createDataFrame(
-            [(item.key, item.etag, layout.label_of(item.key), item.size) for item in added], LISTING_SCHEMA
-        )
-        keys = sorted({item.key for item in added})
+        return plan_listing(spark, catalog, manifest, ingested_at)
+    return plan_keyed(catalog, manifest)
+
+
+def plan_keyed(catalog, manifest: Manifest) -> Batch:
+    """The keyed plan: short columns of the files whose key bounds may hold the batch's keys, read
+    and compared on the driver (batch-sized, whatever the size of the store)."""
+    added = [item for item in manifest.items if not item.removed]
+    keys = sorted({item.key for item in added})
+    versions = key_reads.current_versions(catalog, keys)
+    stored = dict(zip(versions["image_key"], versions["etag"]))
+    fresh = [(item.key, item.etag, layout.label_of(item.key), item.size, stored.get(item.key))
+             for item in added if stored.get(item.key) != item.etag]
+    quarantined = key_reads.key_rows(catalog, layout.QUARANTINE_TABLE, ("image_key", "etag", "reason"), keys)
+    final = quarantined[~quarantined["reason"].isin(TRANSIENT_REASONS)]
+    rejected = set(zip(final["image_key"], final["etag"]))
+    todo = [row for row in fresh if (row[0], row[1]) not in rejected]
+    counts = {"in_manifest": len(added), "already_present": len(added) - len(fresh),
+              "already_quarantined": len(fresh) - len(todo)}
+    replaced = {key: etag for key, etag, _, _, stored_etag in todo if stored_etag is not None}
+    return Batch(len(todo), counts, keys, [], todo_rows=todo, replaced=replaced)
+
+
+def plan_listing(spark: SparkSession, catalog, manifest: Manifest, ingested_at: str) -> Batch:
+    """The listing plan: the whole bucket against the whole store, in anti-joins that stay
+    distributed (only counts and a sweep's absent keys reach the driver)."""
+    candidates = list_source(spark, manifest.source).persist(StorageLevel.MEMORY_AND_DISK)
     # read once: the counts below and a sweep's search for absent photos all use it
-    stored = (current_versions(spark, catalog, keys)
+    stored = (current_versions(spark, catalog)
               .select("image_key", F.col("etag").alias("stored_etag"), "ingested_at")
               .persist(StorageLevel.MEMORY_AND_DISK))
     with_stored = candidates.join(stored.drop("ingested_at"), "image_key", "left")
@@ -122,8 +173,8 @@ def plan_batch(spark: SparkSession, catalog, manifest: Manifest, ingested_at: st
         fresh = todo = with_stored
     else:
         fresh = with_stored.where(F.col("stored_etag").isNull() | (F.col("stored_etag") != F.col("etag")))
-        rejected = table_rows(spark, catalog, layout.QUARANTINE_TABLE, "image_key string, etag string, reason string",
-                              keys).where(~F.col("reason").isin(*TRANSIENT_REASONS)).select("image_key", "etag")
+        rejected = table_rows(spark, catalog, layout.QUARANTINE_TABLE, "image_key string, etag string, reason string"
+                              ).where(~F.col("reason").isin(*TRANSIENT_REASONS)).select("image_key", "etag")
         todo = fresh.join(rejected, ["image_key", "etag"], "left_anti")
     todo = todo.persist(StorageLevel.MEMORY_AND_DISK)
     in_manifest, fresh_count, todo_count = candidates.count(), fresh.count(), todo.count()
@@ -138,62 +189,55 @@ def plan_batch(spark: SparkSession, catalog, manifest: Manifest, ingested_at: st
     stored.unpersist()
     counts = {"in_manifest": in_manifest, "already_present": in_manifest - fresh_count,
               "already_quarantined": fresh_count - todo_count}
-    return Batch(todo, todo_count, counts, keys, absent)
+    return Batch(todo_count, counts, None, absent, todo=todo)
 
 
-def unsuggested_rows(spark: SparkSession, catalog, keys: list[str] | None, fresh: DataFrame | None = None) -> DataFrame:
-    """The batch's unlabelled photos with no suggestion for their current version: this batch's new
-    ones (their features from `fresh`), and any a killed earlier run left without one."""
-    photos = current_versions(spark, catalog, keys).where(F.col("label").isNull()).select("image_key", "etag")
-    done = table_rows(spark, catalog, layout.SUGGESTIONS_TABLE, "image_key string, etag string", keys)
-    return with_features(spark, catalog, photos.join(done, ["image_key", "etag"], "left_anti"), fresh, keys)
+def unsuggested_rows(spark: SparkSession, catalog, keys: list[str] | None, fresh: DataFrame | None,
+                     fresh_pairs: frozenset[tuple[str, str]]) -> DataFrame | None:
+    """The batch's unlabelled photos with no suggestion for their current version (None when there
+    are none, and then no Spark job ran for a keyed batch): this batch's new ones (their features
+    from `fresh`), and any a killed earlier run left without one."""
+    if keys is not None:
+        rows = features_of(spark, catalog, key_reads.unsuggested(catalog, keys), fresh, set(fresh_pairs))
+        return None if rows is None else rows.persist(StorageLevel.MEMORY_AND_DISK)
+    photos = current_versions(spark, catalog).where(F.col("label").isNull()).select("image_key", "etag")
+    done = table_rows(spark, catalog, layout.SUGGESTIONS_TABLE, "image_key string, etag string")
+    rows = with_features(spark, catalog, photos.join(done, ["image_key", "etag"], "left_anti"), fresh)
+    rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+    if rows.isEmpty():
+        rows.unpersist()
+        return None
+    return rows
 
 
 def replaced_versions(batch: Batch, transient: list[str]) -> dict[str, str]:
     """key → new etag, for the keys this batch re-extracted over a stored older version (those
     whose fetch failed transiently keep their old version)."""
-    rows = batch.todo.where(F.col("stored_etag").isNotNull()).select("image_key", "etag").collect()
+    if batch.replaced is not None:
+        replaced = batch.replaced
+    else:
+        rows = batch.todo.where(F.col("stored_etag").isNotNull()).select("image_key", "etag").collect()
+        replaced = {row.image_key: row.etag for row in rows}
     kept = set(transient)
-    return {row.image_key: row.etag for row in rows if row.image_key not in kept}
+    return {key: etag for key, etag in replaced.items() if key not in kept}
 
 
-def features_delete_filter(manifest: Manifest, replaced: dict[str, str], transient: list[str], ingested_at: str):
-    """What the features commit deletes along with adding the new rows.
-
-    Incremental and sweep: the previous versions of the keys re-extracted. Full: every row older
-    than this run's start except those of transient failures, so a photo keeps its row when its
-    re-fetch fails, and rows an incremental batch committed after the listing (younger) stay.
-    """
-    from pyiceberg.expressions import And, LessThan, Not
-
-    if manifest.mode == "full":
-        older = LessThan("ingested_at", ingested_at)
-        return And(older, Not(store.keys_filter(transient))) if transient else older
-    return store.keys_filter(replaced)
-
-
-def extract_and_commit(spark, catalog, manifest, batch: Batch, settings, ingested_at) -> tuple[dict, DataFrame]:
+def extract_and_commit(spark, catalog, manifest, batch: Batch, settings, loader, ingested_at
+                       ) -> tuple[dict, DataFrame, set[str]]:
     """Features for the batch's todo rows, committed with their quarantine rows (quarantine
-    first: a photo is never without either); returns the extraction part of the report and the
-    extracted rows, kept in memory for the PCA and suggestion steps (the caller unpersists them)."""
+    first: a photo is never without either); returns the extraction part of the report, the
+    extracted rows, kept in memory for the PCA and suggestion steps (the caller unpersists them),
+    and the keys quarantined."""
     cores = spark.sparkContext.defaultParallelism
     # Every core gets work as soon as there is an inference batch for it (a 100-photo batch on
     # one core would take twice as long); large batches get partitions of ROWS_PER_PARTITION.
     partitions = max(1, min(-(-batch.todo_count // settings.batch_size), cores),
                      min(-(-batch.todo_count // ROWS_PER_PARTITION), cores * 8))
-    spark.sparkContext.addFile(settings.weights_path)
-    weights_name = os.path.basename(settings.weights_path)
-    threads = int(spark.conf.get("spark.task.cpus", "1"))
-    engine, precision, batch_size = settings.engine, settings.precision, settings.batch_size
-
-    def loader():
-        return load_extractor(SparkFiles.get(weights_name), engine, threads, precision=precision)
-
     extracted = (
         # the sizes let the executors refuse an oversized photo before the GET
-        batch.todo.select("image_key", "etag", "label", "size")
+        batch.todo_in_spark(spark).select("image_key", "etag", "label", "size")
         .repartition(partitions)
-        .mapInPandas(extract_partitions(manifest.source, loader, batch_size), OUTPUT_SCHEMA)
+        .mapInPandas(extract_partitions(manifest.source, loader, settings.batch_size), OUTPUT_SCHEMA)
         .withColumn("batch_id", F.lit(manifest.batch_id))
         .withColumn("ingested_at", F.lit(ingested_at))
         .persist(StorageLevel.MEMORY_AND_DISK)
@@ -204,6 +248,7 @@ def extract_and_commit(spark, catalog, manifest, batch: Batch, settings, ingeste
         F.sum("fetch_s").alias("fetch_s"),
         F.sum("decode_s").alias("decode_s"),
         F.sum("infer_s").alias("infer_s"),
+        F.collect_list(F.when(F.col("reason").isNotNull(), F.col("image_key"))).alias("keys"),
     ).collect()
     extract_wall = time.perf_counter() - began
 
@@ -222,16 +267,9 @@ def extract_and_commit(spark, catalog, manifest, batch: Batch, settings, ingeste
         ),
         sum(by_reason.values()), settings.warehouse, layout.QUARANTINE_TABLE, manifest.batch_id,
     )
-    transient = [row.image_key for row in extracted.where(F.col("reason").isin(*TRANSIENT_REASONS))
-                 .select("image_key").collect()]
+    transient = [key for row in outcomes if row.reason in TRANSIENT_REASONS for key in row["keys"]]
     replaced = replaced_versions(batch, transient) if manifest.mode != "full" else {}
-    store.commit_files(catalog, layout.QUARANTINE_TABLE, quarantine_files, manifest.batch_id)
-    if replaced:  # superseded versions leave the derived tables before the features commit makes the batch final
-        superseded = erasure_filter([], replaced)
-        for name in DERIVED_TABLES:
-            store.commit_files(catalog, name, [], manifest.batch_id, delete_filter=superseded)
-    store.commit_files(catalog, layout.FEATURES_TABLE, feature_files, manifest.batch_id,
-                       delete_filter=features_delete_filter(manifest, replaced, transient, ingested_at))
+    commit_extraction(catalog, manifest, feature_files, quarantine_files, replaced, transient, ingested_at)
     write_wall = time.perf_counter() - began
 
     def task_seconds(name: str) -> float:
@@ -251,4 +289,4 @@ def extract_and_commit(spark, catalog, manifest, batch: Batch, settings, ingeste
             "write_and_commit": round(write_wall, 3),
         },
     }
-    return extraction, extracted
+    return extraction, extracted, {key for row in outcomes for key in row["keys"]}

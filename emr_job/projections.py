@@ -13,15 +13,20 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from contract import layout
-from emr_job import classifier, pca, store
-from emr_job.readers import current_features, current_pca_version, current_versions, table_rows, with_features
+from emr_job import arrow_files, classifier, key_reads, pca, store
+from emr_job.readers import (current_features, current_pca_version, current_versions, features_of, table_rows,
+                            with_features)
 from emr_job.settings import JobSettings
 
 
-def apply_pca(spark, catalog, manifest, settings, keys: list[str] | None, fresh: DataFrame | None = None) -> dict:
+def apply_pca(spark, catalog, manifest, settings, keys: list[str] | None, fresh: DataFrame | None = None,
+              fresh_pairs: frozenset[tuple[str, str]] = frozenset(),
+              on_driver: dict[tuple[str, str], np.ndarray] | None = None) -> dict:
     """Refit (full mode, or no model yet) or project the rows of the batch's `keys` (None: every
     key) that have no projection under the current model; `fresh` holds the rows this run just
-    extracted, so their features need not be read back."""
+    extracted (`fresh_pairs` their (image_key, etag) for a keyed batch), so their features need
+    not be read back. `on_driver` (a small batch extracted in the driver: its features) projects
+    in the driver, with no Spark job."""
     stored = store.row_count(store.load_table(catalog, layout.FEATURES_TABLE))
     if stored < 2:
         return {"action": "none", "reason": f"{stored} feature row(s) stored: a PCA needs at least 2"}
@@ -29,43 +34,73 @@ def apply_pca(spark, catalog, manifest, settings, keys: list[str] | None, fresh:
     if manifest.mode == "full" or version is None:
         return refit(spark, catalog, settings, manifest.batch_id)
     model = pca.load(store.warehouse_root(settings.warehouse), version)
-    rows = rows_to_project(spark, catalog, manifest.batch_id, model.version, keys, fresh)
+    if on_driver is not None:
+        count, total_sq, captured_sq = project_on_driver(catalog, manifest.batch_id, settings.warehouse, model,
+                                                         keys, on_driver)
+    else:
+        count, total_sq, captured_sq = project_in_spark(spark, catalog, manifest.batch_id, settings.warehouse, model,
+                                                        keys, fresh, fresh_pairs)
+    return {
+        "action": "applied",
+        "version": model.version,
+        "k": model.k,
+        "rows_projected": count,
+        "drift": pca.drift(total_sq, captured_sq, total_sq - captured_sq, count, model.target,
+                           settings.drift_margin),
+    }
+
+
+def project_in_spark(spark, catalog, batch_id: str, warehouse: str, model: pca.PcaModel, keys: list[str] | None,
+                     fresh: DataFrame | None, fresh_pairs: frozenset[tuple[str, str]]) -> tuple[int, float, float]:
+    """Project and commit the batch's unprojected rows in the executors; (rows, total_sq, captured_sq)."""
+    rows = rows_to_project(spark, catalog, batch_id, model.version, keys, fresh, fresh_pairs)
+    if rows is None:
+        return 0, 0.0, 0.0
     projected = project(rows, model).persist(StorageLevel.MEMORY_AND_DISK)
     sums = projected.agg(
         F.count("*").alias("rows"),
         F.sum("total_sq").alias("total_sq"),
         F.sum("captured_sq").alias("captured_sq"),
     ).first()
-    files = store.write_rows(
-        projected.select("image_key", "etag", "pca_version", "pca", "batch_id"),
-        sums.rows, settings.warehouse, layout.PROJECTIONS_TABLE, manifest.batch_id,
-    )
-    store.commit_files(catalog, layout.PROJECTIONS_TABLE, files, manifest.batch_id)
+    files = store.write_rows(projected.select("image_key", "etag", "pca_version", "pca", "batch_id"),
+                             sums.rows, warehouse, layout.PROJECTIONS_TABLE, batch_id)
+    store.commit_files(catalog, layout.PROJECTIONS_TABLE, files, batch_id)
     projected.unpersist()
-    total_sq, captured_sq = sums.total_sq or 0.0, sums.captured_sq or 0.0
-    return {
-        "action": "applied",
-        "version": model.version,
-        "k": model.k,
-        "rows_projected": sums.rows,
-        "drift": pca.drift(total_sq, captured_sq, total_sq - captured_sq, sums.rows, model.target,
-                           settings.drift_margin),
-    }
+    return sums.rows, sums.total_sq or 0.0, sums.captured_sq or 0.0
+
+
+def project_on_driver(catalog, batch_id: str, warehouse: str, model: pca.PcaModel, keys: list[str],
+                      fresh: dict[tuple[str, str], np.ndarray]) -> tuple[int, float, float]:
+    """Project and commit a small batch's unprojected rows here; (rows, total_sq, captured_sq)."""
+    rows = key_reads.with_features(catalog, key_reads.unprojected(catalog, keys, model.version), fresh)
+    if rows.empty:
+        return 0, 0.0, 0.0
+    projected = projection_frame(rows.assign(batch_id=batch_id), model)
+    files = arrow_files.write_rows(projected, arrow_files.PROJECTION_COLUMNS, catalog, warehouse, layout.PROJECTIONS_TABLE,
+                                   batch_id)
+    store.commit_files(catalog, layout.PROJECTIONS_TABLE, files, batch_id)
+    return len(projected), float(projected["total_sq"].sum()), float(projected["captured_sq"].sum())
 
 
 def rows_to_project(spark, catalog, batch_id: str, version: str, keys: list[str] | None,
-                    fresh: DataFrame | None = None) -> DataFrame:
-    """Current feature rows of `keys` with no projection under `version`: the batch's new rows,
-    and any that a run killed before its projections commit left behind (decided on the short
-    columns of the files that may hold the keys; features read only for rows not in `fresh`)."""
-    done = (
-        table_rows(spark, catalog, layout.PROJECTIONS_TABLE, "image_key string, etag string, pca_version string", keys)
-        .where(F.col("pca_version") == version)
-        .select("image_key", "etag")
-    )
-    wanted = current_versions(spark, catalog, keys).select("image_key", "etag").join(done, ["image_key", "etag"],
-                                                                                       "left_anti")
-    return with_features(spark, catalog, wanted, fresh, keys).withColumn("batch_id", F.lit(batch_id))
+                    fresh: DataFrame | None = None, fresh_pairs: frozenset[tuple[str, str]] = frozenset()
+                    ) -> DataFrame | None:
+    """Current feature rows of `keys` with no projection under `version` (None when there are
+    none): the batch's new rows, and any that a run killed before its projections commit left
+    behind. A keyed batch decides on the driver (`key_reads`), a listing one in Spark; features
+    are read back only for rows not in `fresh`."""
+    if keys is not None:
+        rows = features_of(spark, catalog, key_reads.unprojected(catalog, keys, version), fresh, set(fresh_pairs))
+    else:
+        done = (
+            table_rows(spark, catalog, layout.PROJECTIONS_TABLE, "image_key string, etag string, pca_version string")
+            .where(F.col("pca_version") == version)
+            .select("image_key", "etag")
+        )
+        wanted = current_versions(spark, catalog).select("image_key", "etag").join(done, ["image_key", "etag"],
+                                                                                    "left_anti")
+        rows = with_features(spark, catalog, wanted, fresh)
+    return None if rows is None else rows.withColumn("batch_id", F.lit(batch_id))
 
 
 PROJECTION_SCHEMA = (
@@ -74,29 +109,34 @@ PROJECTION_SCHEMA = (
 )
 
 
+def projection_frame(frame: pd.DataFrame, model: pca.PcaModel) -> pd.DataFrame:
+    """(image_key, etag, batch_id, features) rows → projections-table rows plus each row's squared
+    norms (centred, and captured) for the drift figures; the executors and the driver share it."""
+    x = np.stack(frame["features"].to_numpy()).astype(np.float64)  # (n, d)
+    centred = x - model.mean  # (n, d)
+    coordinates = centred @ model.components.T  # (n, k)
+    return pd.DataFrame(
+        {
+            "image_key": frame["image_key"].to_numpy(),
+            "etag": frame["etag"].to_numpy(),
+            "batch_id": frame["batch_id"].to_numpy(),
+            "pca_version": model.version,
+            "pca": list(coordinates.astype(np.float32)),
+            "total_sq": (centred ** 2).sum(axis=1),
+            "captured_sq": (coordinates ** 2).sum(axis=1),
+        }
+    )
+
+
 def project(rows: DataFrame, model: pca.PcaModel) -> DataFrame:
-    """Projections plus each row's squared norms (centred, and captured) for the drift figures."""
+    """`projection_frame` over a Spark frame, in the executors."""
     shared = rows.sparkSession.sparkContext.broadcast(model)
 
     def run(frames):
         model_ = shared.value
         for frame in frames:
-            if frame.empty:
-                continue
-            x = np.stack(frame["features"].to_numpy()).astype(np.float64)  # (n, d)
-            centred = x - model_.mean  # (n, d)
-            coordinates = centred @ model_.components.T  # (n, k)
-            yield pd.DataFrame(
-                {
-                    "image_key": frame["image_key"],
-                    "etag": frame["etag"],
-                    "batch_id": frame["batch_id"],
-                    "pca_version": model_.version,
-                    "pca": list(coordinates.astype(np.float32)),
-                    "total_sq": (centred ** 2).sum(axis=1),
-                    "captured_sq": (coordinates ** 2).sum(axis=1),
-                }
-            )
+            if not frame.empty:
+                yield projection_frame(frame, model_)
 
     return rows.mapInPandas(run, PROJECTION_SCHEMA)
 

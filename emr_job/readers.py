@@ -5,7 +5,9 @@ import glob
 import os
 import shutil
 import tempfile
+from functools import reduce
 
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -56,24 +58,41 @@ def current_versions(spark: SparkSession, catalog, keys: list[str] | None = None
 
 
 ROW_ID = ["image_key", "etag"]
+ROW_ID_SCHEMA = "image_key string, etag string"
 
 
-def with_features(spark: SparkSession, catalog, wanted: DataFrame, fresh: DataFrame | None,
-                  keys: list[str] | None) -> DataFrame:
-    """image_key, etag, features of the `wanted` (image_key, etag) rows: from `fresh` (the rows this
-    run extracted, still in memory) when there, else from the store. Only rows an earlier, killed
-    run left behind are read back, and only from the files that may hold their keys: the feature
-    vectors of a planned file are read whole (no page index), so planning by the batch's keys alone
-    would read most of a large store's vectors. (`keys` None: a listing mode, all distributed.)"""
-    empty = spark.createDataFrame([], "image_key string, etag string, features array<float>")
-    found = empty if fresh is None else fresh.select(*ROW_ID, "features").join(wanted, ROW_ID, "left_semi")
-    missing = wanted if fresh is None else wanted.join(fresh.select(*ROW_ID), ROW_ID, "left_anti")
-    if keys is not None:
-        keys = sorted({row.image_key for row in missing.select("image_key").collect()})  # batch-sized
-        if not keys:
-            return found
-    stored = current_features(spark, catalog, keys).join(missing, ROW_ID, "left_semi")
+def with_features(spark: SparkSession, catalog, wanted: DataFrame, fresh: DataFrame | None) -> DataFrame:
+    """image_key, etag, features of a listing batch's `wanted` (image_key, etag) rows, all
+    distributed: from `fresh` (the rows this run extracted, still in memory) when there, else
+    from the store."""
+    if fresh is None:
+        return current_features(spark, catalog).join(wanted, ROW_ID, "left_semi").select(*ROW_ID, "features")
+    found = fresh.select(*ROW_ID, "features").join(wanted, ROW_ID, "left_semi")
+    missing = wanted.join(fresh.select(*ROW_ID), ROW_ID, "left_anti")
+    stored = current_features(spark, catalog).join(missing, ROW_ID, "left_semi")
     return found.unionByName(stored.select(*ROW_ID, "features"))
+
+
+def features_of(spark: SparkSession, catalog, wanted: pd.DataFrame, fresh: DataFrame | None,
+                fresh_pairs: set[tuple[str, str]]) -> DataFrame | None:
+    """image_key, etag, features of a keyed batch's `wanted` rows (decided on the driver), or None
+    when none is wanted. The rows this run extracted (`fresh_pairs`) come from `fresh`, in memory;
+    only rows an earlier, killed run committed without finishing them are read back, and only
+    from the files whose key bounds may hold their keys."""
+    pairs = set(zip(wanted["image_key"], wanted["etag"]))
+    parts = []
+    from_fresh = pairs & fresh_pairs
+    if from_fresh:
+        rows = fresh.select(*ROW_ID, "features")
+        if from_fresh != fresh_pairs:
+            rows = rows.join(spark.createDataFrame(sorted(from_fresh), ROW_ID_SCHEMA), ROW_ID, "left_semi")
+        parts.append(rows)
+    missing = sorted(pairs - fresh_pairs)
+    if missing:
+        stored = current_features(spark, catalog, sorted({key for key, _ in missing}))
+        parts.append(stored.join(spark.createDataFrame(missing, ROW_ID_SCHEMA), ROW_ID, "left_semi")
+                     .select(*ROW_ID, "features"))
+    return reduce(DataFrame.unionByName, parts) if parts else None
 
 
 def current_projections(spark: SparkSession, catalog) -> DataFrame | None:

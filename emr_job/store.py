@@ -104,13 +104,15 @@ def write_rows(frame, rows: int, warehouse: str, table: str, batch_id: str) -> l
 
     One file per `ROWS_PER_FILE` rows, each holding one range of keys, sorted: a batch adds few
     files, and a later scan for some keys skips the files whose range cannot hold them. (The
-    range partitioning samples `frame` first: callers pass a persisted or cheap frame.)
+    range partitioning of several files samples `frame` first, one more Spark job: callers pass a
+    persisted or cheap frame. One file needs no ranges, so a small batch writes in one job.)
     """
     if rows == 0:
         return []
     directory = attempt_dir(warehouse, table, batch_id)
     files = max(1, -(-rows // ROWS_PER_FILE))
-    frame.repartitionByRange(files, "image_key").sortWithinPartitions("image_key").write.parquet(directory)
+    ranged = frame.coalesce(1) if files == 1 else frame.repartitionByRange(files, "image_key")
+    ranged.sortWithinPartitions("image_key").write.parquet(directory)
     return written_parquet_files(frame.sparkSession, directory)
 
 

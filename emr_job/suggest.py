@@ -20,8 +20,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from contract import layout
-from emr_job import blobs, classifier, pca, store
-from emr_job.readers import current_features, current_pca_version, current_versions
+from emr_job import arrow_files, blobs, classifier, key_reads, pca, store
+from emr_job.readers import current_features, current_pca_version
 
 TOP_LABELS = 5
 SUGGESTION_SCHEMA = (
@@ -54,12 +54,12 @@ def current_classifier(catalog, warehouse: str) -> classifier.Classifier:
 def with_stored_exemplars(spark, catalog, model: classifier.Classifier, projection: pca.PcaModel
                           ) -> classifier.Classifier:
     """`model` with no exemplar erased since its refit: each label whose exemplar left the store
-    gets the surest of its remaining photos (a lookup of C keys, and a scan of those labels' rows
-    only when one is gone; the next refit picks them for good)."""
+    gets the surest of its remaining photos (a lookup of C keys on the driver, and a scan of those
+    labels' rows only when one is gone; the next refit picks them for good)."""
     cited = [key for key in model.exemplar_keys if key]
     if not cited:
         return model
-    stored = {row.image_key for row in current_versions(spark, catalog, cited).select("image_key").collect()}
+    stored = set(key_reads.current_versions(catalog, cited)["image_key"])
     gone = [label for label, key in zip(model.labels, model.exemplar_keys) if key and key not in stored]
     if not gone:
         return model
@@ -94,6 +94,17 @@ def suggest(model: classifier.Classifier, features: np.ndarray, projection: pca.
     }
 
 
+def suggestion_frame(frame: pd.DataFrame, projection: pca.PcaModel, model: classifier.Classifier,
+                     batch_id: str, created_at: str) -> pd.DataFrame:
+    """(image_key, etag, features) rows → suggestions-table rows; the executors and the driver share it."""
+    found = suggest(model, np.stack(frame["features"].to_numpy()), projection)
+    return pd.DataFrame({
+        "image_key": frame["image_key"].to_numpy(), "etag": frame["etag"].to_numpy(),
+        "batch_id": batch_id, "pca_version": model.pca_version,
+        "method": f"{classifier.METHOD}@{model.version}", **found, "created_at": created_at,
+    })
+
+
 def suggestion_rows(rows: DataFrame, projection: pca.PcaModel, model: classifier.Classifier,
                     batch_id: str) -> DataFrame:
     """This batch's (image_key, etag, features) → suggestions-table rows, computed in the executors."""
@@ -104,12 +115,7 @@ def suggestion_rows(rows: DataFrame, projection: pca.PcaModel, model: classifier
         for frame in frames:
             if not frame.empty:
                 projection_, model_ = shared.value
-                found = suggest(model_, np.stack(frame["features"].to_numpy()), projection_)
-                yield pd.DataFrame({
-                    "image_key": frame["image_key"].to_numpy(), "etag": frame["etag"].to_numpy(),
-                    "batch_id": batch_id, "pca_version": model_.pca_version,
-                    "method": f"{classifier.METHOD}@{model_.version}", **found, "created_at": created_at,
-                })
+                yield suggestion_frame(frame, projection_, model_, batch_id, created_at)
 
     return rows.select("image_key", "etag", "features").mapInPandas(run, SUGGESTION_SCHEMA)
 
@@ -153,11 +159,12 @@ def write_json_files(rows: Iterable[dict], source: str, warehouse: str) -> int:
     return written
 
 
-def suggest_for_batch(spark, catalog, warehouse: str, source: str, batch_id: str, rows: DataFrame,
+def suggest_for_batch(spark, catalog, warehouse: str, source: str, batch_id: str, rows: DataFrame | pd.DataFrame,
                       replace_filter=None) -> dict:
     """Suggest labels for this batch's unlabelled rows (image_key, etag, features), commit them to
     the suggestions table and write one JSON per photo for the app. `replace_filter` (an Iceberg
-    expression) deletes the rows it matches in the same commit."""
+    expression) deletes the rows it matches in the same commit. Rows in a pandas frame (a small
+    batch extracted in the driver) are suggested in the driver, with no Spark job."""
     started = time.perf_counter()
     try:
         model = current_classifier(catalog, warehouse)
@@ -165,17 +172,44 @@ def suggest_for_batch(spark, catalog, warehouse: str, source: str, batch_id: str
         return {"action": "none", "reason": str(reason)}
     projection = pca.load(store.warehouse_root(warehouse), model.pca_version)
     model = with_stored_exemplars(spark, catalog, model, projection)
-    frame = suggestion_rows(rows, projection, model, batch_id).persist(StorageLevel.MEMORY_AND_DISK)
-    counts = frame.selectExpr("count(*) AS photos", "count_if(uncertain) AS uncertain").first()
-    if counts.photos == 0:
-        frame.unpersist()
+    if isinstance(rows, pd.DataFrame):
+        photos, uncertain = suggest_on_driver(catalog, warehouse, source, batch_id, rows, projection, model,
+                                              replace_filter)
+    else:
+        photos, uncertain = suggest_in_spark(catalog, warehouse, source, batch_id, rows, projection, model,
+                                             replace_filter)
+    if photos == 0:
         return {"action": "none", "reason": "no unlabelled photos in this batch"}
-    files = store.write_rows(frame, counts.photos, warehouse, layout.SUGGESTIONS_TABLE, batch_id)
-    store.commit_files(catalog, layout.SUGGESTIONS_TABLE, files, batch_id, delete_filter=replace_filter)
-    frame.foreachPartition(lambda partition: write_json_files((row.asDict() for row in partition), source, warehouse))
-    frame.unpersist()
     return {
         "action": "suggested", "method": classifier.METHOD, "classifier_version": model.version,
-        "photos": counts.photos, "uncertain": counts.uncertain, "pca_version": model.pca_version,
+        "photos": photos, "uncertain": uncertain, "pca_version": model.pca_version,
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def suggest_in_spark(catalog, warehouse: str, source: str, batch_id: str, rows: DataFrame,
+                     projection: pca.PcaModel, model: classifier.Classifier, replace_filter) -> tuple[int, int]:
+    """Suggest, commit and write the JSON in the executors; (photos, uncertain)."""
+    frame = suggestion_rows(rows, projection, model, batch_id).persist(StorageLevel.MEMORY_AND_DISK)
+    counts = frame.selectExpr("count(*) AS photos", "count_if(uncertain) AS uncertain").first()
+    if counts.photos:
+        files = store.write_rows(frame, counts.photos, warehouse, layout.SUGGESTIONS_TABLE, batch_id)
+        store.commit_files(catalog, layout.SUGGESTIONS_TABLE, files, batch_id, delete_filter=replace_filter)
+        frame.foreachPartition(lambda partition: write_json_files((row.asDict() for row in partition), source,
+                                                                  warehouse))
+    frame.unpersist()
+    return counts.photos, counts.uncertain
+
+
+def suggest_on_driver(catalog, warehouse: str, source: str, batch_id: str, rows: pd.DataFrame,
+                      projection: pca.PcaModel, model: classifier.Classifier, replace_filter) -> tuple[int, int]:
+    """Suggest, commit and write the JSON here; (photos, uncertain)."""
+    if rows.empty:
+        return 0, 0
+    created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    frame = suggestion_frame(rows, projection, model, batch_id, created_at)
+    files = arrow_files.write_rows(frame, arrow_files.SUGGESTION_COLUMNS, catalog, warehouse, layout.SUGGESTIONS_TABLE,
+                                   batch_id)
+    store.commit_files(catalog, layout.SUGGESTIONS_TABLE, files, batch_id, delete_filter=replace_filter)
+    write_json_files(frame.to_dict("records"), source, warehouse)
+    return len(frame), int(frame["uncertain"].sum())

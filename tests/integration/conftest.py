@@ -41,3 +41,12 @@ def run_verger_killed_at_commit(args: list[str]) -> subprocess.CompletedProcess:
         f"sys.exit(main({args!r}))\n"
     )
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(params=["driver", "executors"])
+def executed_in(request, monkeypatch) -> str:
+    """Runs the test's keyed batches down each of the two paths they can take: a small batch in
+    the driver (emr_job.driver_batch), or in the executors (forced by a zero driver limit)."""
+    if request.param == "executors":
+        monkeypatch.setattr("emr_job.job.DRIVER_PHOTOS", 0)
+    return request.param

@@ -91,7 +91,7 @@ def test_an_overlapping_manifest_extracts_only_the_images_not_yet_stored(spark, 
     assert len(keys) == 370 and not keys.duplicated().any()
 
 
-def test_a_reuploaded_image_with_a_new_etag_supersedes_the_old_row(spark, fruits, weights, tmp_path):
+def test_a_reuploaded_image_with_a_new_etag_supersedes_the_old_row(spark, fruits, weights, tmp_path, executed_in):
     # GIVEN a folder of 4 images, stored once
     folder = tmp_path / "images" / "Kiwi"
     folder.mkdir(parents=True)
@@ -145,7 +145,8 @@ def write_convertible_inputs(folder) -> list[str]:
     return ["gray.jpg", "cmyk.jpg", "rgba.png", "palette.png", "sixteen.png"]
 
 
-def test_bad_inputs_are_quarantined_with_their_reason_and_good_images_are_stored(spark, fruits, weights, tmp_path):
+def test_bad_inputs_are_quarantined_with_their_reason_and_good_images_are_stored(spark, fruits, weights, tmp_path,
+                                                                                  executed_in):
     # GIVEN a folder mixing real photos, convertible oddities and broken files
     folder = tmp_path / "images" / "Mixed"
     expected = write_bad_inputs(folder)
@@ -170,6 +171,7 @@ def test_bad_inputs_are_quarantined_with_their_reason_and_good_images_are_stored
     stored = exported(spark, warehouse, tmp_path)
     assert len(stored) == 3 + len(convertible)
     assert report["images"]["quarantined_by_reason"] == {reason: 1 for reason in expected.values()}
+    assert report["executed_in"] == executed_in
     # AND a replay of the batch neither re-fetches nor re-quarantines them
     replay = run_manifest(spark, manifest, JobSettings(warehouse, weights))
     assert replay["images"]["already_quarantined"] == len(expected) and replay["images"]["new"] == 0

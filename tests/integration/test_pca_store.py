@@ -52,13 +52,14 @@ def test_projections_equal_sklearn_full_svd_per_component_up_to_sign(spark, ware
     assert relative.max() <= 1e-3
 
 
-def test_incremental_rows_are_projected_with_the_stored_model_without_refit(spark, warehouse, fruits, weights, tmp_path):
+def test_incremental_rows_are_projected_with_the_stored_model_without_refit(spark, warehouse, fruits, weights, tmp_path,
+                                                                            executed_in):
     version = current_pca_version(store.open_catalog(warehouse))
     # WHEN a batch of held-back frames of the same classes arrives (every fifth frame, never stored)
     report = run_manifest(spark, fruit_manifest(fruits, step=5, count=8), JobSettings(warehouse, weights))
     # THEN it was projected with the current model, not refitted, and fits it
     assert report["pca"]["action"] == "applied" and report["pca"]["version"] == version
-    assert report["pca"]["rows_projected"] == 96
+    assert report["pca"]["rows_projected"] == 96 and report["executed_in"] == executed_in
     assert report["pca"]["drift"]["refit_advised"] is False, report["pca"]["drift"]
     rows = exported(spark, warehouse, tmp_path)
     new = rows[rows["batch_id"] == report["batch_id"]]

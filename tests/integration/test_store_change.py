@@ -127,7 +127,7 @@ def test_the_scheduled_upkeep_step_finishes_an_erasure_and_spares_a_commit_in_fl
     assert report["tables"]["features"]["files_deleted"] >= 1
 
 
-def test_a_removal_processed_after_a_re_upload_keeps_the_new_version(spark, source, weights, tmp_path):
+def test_a_removal_processed_after_a_re_upload_keeps_the_new_version(spark, source, weights, tmp_path, executed_in):
     # GIVEN a stored photo that was deleted and uploaded again (other bytes) before the removal ran
     warehouse, settings = str(tmp_path / "wh"), JobSettings(str(tmp_path / "wh"), weights)
     uri = f"file://{source}"
@@ -200,7 +200,8 @@ def test_a_full_recompute_keeps_a_photo_whose_refetch_fails_and_rows_committed_a
 
 
 @pytest.mark.parametrize("killed_before", ["features", "projections", "suggestions"])
-def test_a_batch_killed_between_commits_heals_on_re_run(spark, source, weights, tmp_path, monkeypatch, killed_before):
+def test_a_batch_killed_between_commits_heals_on_re_run(spark, source, weights, tmp_path, monkeypatch, killed_before,
+                                                        executed_in):
     # GIVEN a store with a PCA, and a batch of new labelled and inbox photos
     warehouse, settings = str(tmp_path / "wh"), JobSettings(str(tmp_path / "wh"), weights)
     uri = f"file://{source}"

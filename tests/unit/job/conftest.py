@@ -1,11 +1,13 @@
 """An in-process S3 (moto) for the job's unit tests, with the job's cached clients reset around it;
 hostile images built on the fly."""
 import struct
+import urllib.request
 import zlib
 
 import boto3
 import pytest
 from moto import mock_aws
+from pyarrow import fs
 
 from emr_job import blobs, fetch
 
@@ -26,6 +28,34 @@ def bucket(tmp_path, monkeypatch):
         client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
         yield client
     fetch.s3_client.cache_clear()
+    blobs.s3.cache_clear()
+
+
+@pytest.fixture(params=["local", "glue"])
+def warehouse(request, tmp_path, monkeypatch):
+    """A warehouse URI, and the pyarrow filesystem and base path its files live under."""
+    if request.param == "local":
+        yield str(tmp_path / "wh"), fs.LocalFileSystem(), str(tmp_path / "wh")
+        return
+    from moto.server import ThreadedMotoServer
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "eu-west-3", "AWS_REGION": "eu-west-3"}.items():
+        monkeypatch.setenv(name, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    endpoint = "http://{}:{}".format(*server.get_host_and_port())
+    reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")  # moto's state is process-wide
+    urllib.request.urlopen(reset)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("PYICEBERG_CATALOG__VERGER__TYPE", "glue")  # what the template's spark-env sets
+    monkeypatch.setenv("PYICEBERG_CATALOG__VERGER__GLUE__ENDPOINT", endpoint)
+    monkeypatch.setenv("PYICEBERG_CATALOG__VERGER__S3__ENDPOINT", endpoint)
+    boto3.client("s3").create_bucket(Bucket="verger-wh", CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+    blobs.s3.cache_clear()
+    yield "s3://verger-wh/warehouse", fs.S3FileSystem(endpoint_override=endpoint, region="eu-west-3"), "verger-wh/warehouse"
+    urllib.request.urlopen(reset)  # leave no Glue database behind for the next test's moto
+    server.stop()
     blobs.s3.cache_clear()
 
 

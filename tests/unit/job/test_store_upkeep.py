@@ -3,11 +3,9 @@ catalog) and on the cloud path (pyiceberg's Glue catalog on moto's Glue, the war
 S3; Parquet written with pyarrow, as Spark here cannot reach S3)."""
 from __future__ import annotations
 
-import urllib.request
 import uuid
 from datetime import timedelta
 
-import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -19,32 +17,6 @@ from emr_job.erasure import erasure_filter
 from emr_job.upkeep import Upkeep, maintain
 
 EXPIRE_NOW = Upkeep(retention=timedelta(0), orphan_age=timedelta(0))
-
-
-@pytest.fixture(params=["local", "glue"])
-def warehouse(request, tmp_path, monkeypatch):
-    """A warehouse URI, and the pyarrow filesystem and base path its files live under."""
-    if request.param == "local":
-        yield str(tmp_path / "wh"), fs.LocalFileSystem(), str(tmp_path / "wh")
-        return
-    from moto.server import ThreadedMotoServer
-
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "eu-west-3", "AWS_REGION": "eu-west-3"}.items():
-        monkeypatch.setenv(name, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    endpoint = "http://{}:{}".format(*server.get_host_and_port())
-    reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")  # moto's state is process-wide
-    urllib.request.urlopen(reset)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("PYICEBERG_CATALOG__VERGER__TYPE", "glue")  # what the template's spark-env sets
-    monkeypatch.setenv("PYICEBERG_CATALOG__VERGER__GLUE__ENDPOINT", endpoint)
-    monkeypatch.setenv("PYICEBERG_CATALOG__VERGER__S3__ENDPOINT", endpoint)
-    boto3.client("s3").create_bucket(Bucket="verger-wh", CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
-    yield "s3://verger-wh/warehouse", fs.S3FileSystem(endpoint_override=endpoint, region="eu-west-3"), "verger-wh/warehouse"
-    urllib.request.urlopen(reset)  # leave no Glue database behind for the next test's moto
-    server.stop()
 
 
 def write_batch(warehouse, keys: list[str], batch_id: str) -> list[str]:
@@ -140,7 +112,7 @@ def test_a_key_filtered_scan_plans_only_the_files_that_may_hold_the_keys(warehou
 def test_a_full_recompute_commit_keeps_younger_rows_and_rows_whose_refetch_failed(tmp_path):
     # GIVEN rows stored before a full recompute began, and one committed by a batch after its listing
     from contract.manifest import build_manifest
-    from emr_job.job import features_delete_filter
+    from emr_job.commits import features_delete_filter
 
     warehouse = (str(tmp_path / "wh"), fs.LocalFileSystem(), str(tmp_path / "wh"))
     catalog = store.open_catalog(warehouse[0])

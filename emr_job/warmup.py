@@ -1,0 +1,57 @@
+"""The model ready in every Python worker before the first partition needs it.
+
+A fresh executor's first pandas task pays for starting a Python worker, importing pandas and
+pyarrow and loading the model: about 2.5 s here, more than extracting a 100-photo batch. `start`
+runs one small task per core for exactly that, in a background thread, while the driver opens the
+catalog and plans the batch. The extraction's tasks then run in the same workers
+(`spark.python.worker.reuse`), where `load_extractor` finds the model already built. A failed
+warm-up only loses the head start: the extraction loads the model itself and fails its task, with
+the real error, if that fails too.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Callable
+
+import pandas as pd
+from pyspark import SparkFiles
+from pyspark.sql import SparkSession
+
+from emr_job.engines import Extractor, load_extractor
+from emr_job.settings import JobSettings
+
+
+def model_loader(spark: SparkSession, settings: JobSettings) -> Callable[[], Extractor]:
+    """What a task calls to get the batch's extractor (shipping the weights to the executors)."""
+    spark.sparkContext.addFile(settings.weights_path)
+    weights_name = os.path.basename(settings.weights_path)
+    threads = int(spark.conf.get("spark.task.cpus", "1"))
+    engine, precision = settings.engine, settings.precision
+
+    def loader() -> Extractor:
+        return load_extractor(SparkFiles.get(weights_name), engine, threads, precision=precision)
+
+    return loader
+
+
+def start(spark: SparkSession, loader: Callable[[], Extractor]) -> threading.Thread:
+    """Load the model in one task per core, in the background; join the thread before the job ends."""
+    cores = spark.sparkContext.defaultParallelism
+
+    def load(frames):
+        for frame in frames:
+            loader()
+            yield pd.DataFrame({"id": frame["id"]})
+
+    def run() -> None:
+        try:
+            spark.range(cores, numPartitions=cores).mapInPandas(load, "id long").collect()
+        except Exception as error:  # any failure only costs the head start; the extraction reports it
+            print(f"verger: the model warm-up failed ({type(error).__name__}); the extraction loads it "
+                  "itself", file=sys.stderr)
+
+    thread = threading.Thread(target=run, name="verger-model-warm-up", daemon=True)
+    thread.start()
+    return thread
