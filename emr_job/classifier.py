@@ -134,13 +134,22 @@ def decoded(block) -> tuple[np.ndarray, np.ndarray]:
     return labels, np.frombuffer(block["rows"], np.float32).reshape(len(labels), -1)
 
 
+# Labelled rows up to this size (about 50,000 photos) are fitted on the driver: there an L-BFGS
+# evaluation costs no Spark job (~0.15 s each, a hundred per fit), which halved the whole Test
+# split's fit here (44 s to about 20 s).
+DRIVER_FIT_BYTES = 256 * 2**20
+
+
+def fits_on_driver(rows: int) -> bool:
+    return rows * layout.FEATURE_DIM * np.dtype(np.float32).itemsize <= DRIVER_FIT_BYTES
+
+
 def fit(features: DataFrame, projection: pca.PcaModel) -> Classifier | None:
     """Fit over the labelled rows of a DataFrame (image_key, label, features); None when no row is
-    labelled. The rows stay in the executors as cached blocks; each L-BFGS evaluation broadcasts
-    the coefficients and adds up the blocks' loss and gradient, so only the labels' names and
-    counts and (C × d) numbers ever reach the driver."""
-    from pyspark import StorageLevel
-
+    labelled. A small store's rows are collected and fitted on the driver (`fits_on_driver`).
+    A larger one's stay in the executors as cached blocks; each L-BFGS evaluation broadcasts the
+    coefficients and adds up the blocks' loss and gradient, so only the labels' names and counts
+    and (C × d) numbers ever reach the driver."""
     started = time.perf_counter()
     labelled = features.where("label IS NOT NULL")
     counted = labelled.groupBy("label").count().orderBy("label").collect()
@@ -150,11 +159,29 @@ def fit(features: DataFrame, projection: pca.PcaModel) -> Classifier | None:
     counts = np.array([row["count"] for row in counted], np.int64)
     if len(labels) < 2:
         raise TooFewRows(f"a classifier needs photos of at least two labels: only {labels[0]!r} is labelled")
-    context, count = features.sparkSession.sparkContext, len(labels)
+    count = len(labels)
     blocks = (labelled.select("label", "features")
-              .mapInPandas(lambda frames: training_blocks(frames, labels), BLOCK_SCHEMA)
-              .rdd.map(decoded).coalesce(context.defaultParallelism)  # one task per core: a task costs ~0.1 s
-              .persist(StorageLevel.MEMORY_AND_DISK))
+              .mapInPandas(lambda frames: training_blocks(frames, labels), BLOCK_SCHEMA).rdd.map(decoded))
+    if fits_on_driver(int(counts.sum())):
+        parts = blocks.collect()
+        solution = logistic.fit_local(np.concatenate([rows for _, rows in parts]),
+                                      np.concatenate([index for index, _ in parts]), count, PENALTY_C)
+    else:
+        solution = fit_in_executors(blocks, count)
+    model = replace(build(labels, counts, *logistic.split(solution.theta, count), projection.version,
+                          solution.iterations), converged=solution.converged)
+    model = with_exemplars(model, exemplars(labelled, model, projection), list(labels))
+    model.fit_seconds = time.perf_counter() - started
+    return model
+
+
+def fit_in_executors(blocks, count: int) -> logistic.Solution:
+    """L-BFGS on the driver over (label indices, rows) blocks cached in the executors."""
+    from pyspark import StorageLevel
+
+    context = blocks.context
+    # one task per core: a task costs ~0.1 s
+    blocks = blocks.coalesce(context.defaultParallelism).persist(StorageLevel.MEMORY_AND_DISK)
 
     def evaluate(theta: np.ndarray) -> tuple[float, np.ndarray]:
         shared = context.broadcast(theta)
@@ -166,11 +193,7 @@ def fit(features: DataFrame, projection: pca.PcaModel) -> Classifier | None:
     dims = len(blocks.first()[1][0])
     solution = logistic.minimise(evaluate, np.zeros(count * dims + count))
     blocks.unpersist()
-    model = replace(build(labels, counts, *logistic.split(solution.theta, count), projection.version,
-                          solution.iterations), converged=solution.converged)
-    model = with_exemplars(model, exemplars(labelled, model, projection), list(labels))
-    model.fit_seconds = time.perf_counter() - started
-    return model
+    return solution
 
 
 EXEMPLAR_SCHEMA = "label string, score double, image_key string, direction array<double>"
@@ -268,4 +291,5 @@ def refit(features: DataFrame, model: pca.PcaModel, warehouse: str) -> tuple[dic
         "action": "fitted", "version": fitted.version, "method": METHOD, "labels": len(fitted.labels),
         "rows_fitted": int(fitted.rows_per_label.sum()), "iterations": fitted.iterations,
         "converged": fitted.converged, "fit_seconds": round(fitted.fit_seconds, 3),
+        "fitted_on": "driver" if fits_on_driver(int(fitted.rows_per_label.sum())) else "executors",
     }

@@ -40,10 +40,10 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
     """
     started = time.perf_counter()
     ingested_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-    loader = warmup.model_loader(spark, settings)
     added = sum(not item.removed for item in manifest.items)
     # a batch that may go to the executors has their model loaded while the driver plans
-    warming = warmup.start(spark, loader) if manifest.mode in LISTING_MODES or added > DRIVER_PHOTOS else None
+    loader = warmup.model_loader(spark, settings) if manifest.mode in LISTING_MODES or added > DRIVER_PHOTOS else None
+    warming = None if loader is None else warmup.start(spark, loader)
     catalog = store.open_catalog(settings.warehouse)
     report: dict = {"batch_id": manifest.batch_id, "mode": manifest.mode, "source": manifest.source,
                     "ingested_at": ingested_at, "seconds": {},
@@ -63,7 +63,8 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
                       ingested_at, report)
     else:
         report["executed_in"] = "executors"
-        run_in_spark(spark, catalog, manifest, batch, settings, loader, ingested_at, report)
+        run_in_spark(spark, catalog, manifest, batch, settings, loader or warmup.model_loader(spark, settings),
+                     ingested_at, report)
     if warming is not None:
         warming.join()
 

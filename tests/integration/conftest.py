@@ -46,7 +46,8 @@ def run_verger_killed_at_commit(args: list[str]) -> subprocess.CompletedProcess:
 @pytest.fixture(params=["driver", "executors"])
 def executed_in(request, monkeypatch) -> str:
     """Runs the test's keyed batches down each of the two paths they can take: a small batch in
-    the driver (emr_job.driver_batch), or in the executors (forced by a zero driver limit)."""
+    the driver (emr_job.driver_batch), or in the executors (forced by a negative driver limit,
+    which even a batch with nothing left to extract exceeds)."""
     if request.param == "executors":
-        monkeypatch.setattr("emr_job.job.DRIVER_PHOTOS", 0)
+        monkeypatch.setattr("emr_job.job.DRIVER_PHOTOS", -1)
     return request.param

@@ -55,8 +55,10 @@ def test_projections_equal_sklearn_full_svd_per_component_up_to_sign(spark, ware
 def test_incremental_rows_are_projected_with_the_stored_model_without_refit(spark, warehouse, fruits, weights, tmp_path,
                                                                             executed_in):
     version = current_pca_version(store.open_catalog(warehouse))
-    # WHEN a batch of held-back frames of the same classes arrives (every fifth frame, never stored)
-    report = run_manifest(spark, fruit_manifest(fruits, step=5, count=8), JobSettings(warehouse, weights))
+    # WHEN a batch of held-back frames of the same classes arrives (every fifth frame, never stored;
+    # each path gets its own, as the store is shared)
+    start = 0 if executed_in == "driver" else 40
+    report = run_manifest(spark, fruit_manifest(fruits, start=start, step=5, count=8), JobSettings(warehouse, weights))
     # THEN it was projected with the current model, not refitted, and fits it
     assert report["pca"]["action"] == "applied" and report["pca"]["version"] == version
     assert report["pca"]["rows_projected"] == 96 and report["executed_in"] == executed_in

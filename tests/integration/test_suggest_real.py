@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from pyspark.sql import functions as F
 from sklearn.linear_model import LogisticRegression
 
 from contract import layout
@@ -172,16 +173,25 @@ def test_inbox_photos_before_any_labelled_photo_get_a_clear_none_not_a_failed_ba
     assert store.load_table(catalog, layout.SUGGESTIONS_TABLE) is None
 
 
-def test_the_spark_fit_reaches_the_optimum_scikit_learn_finds_for_the_same_objective(suggested):
+@pytest.mark.parametrize("fitted_on", ["driver", "executors"])
+def test_both_fits_reach_the_optimum_scikit_learn_finds_for_the_same_objective(suggested, spark, monkeypatch,
+                                                                                fitted_on):
     warehouse, _, _, _, _ = suggested
     catalog = store.open_catalog(warehouse)
-    model = current_classifier(catalog, warehouse)
-    # GIVEN the labelled rows the job's Spark fit saw (12 labels × 30 photos, 1280-d)
+    # GIVEN the labelled rows of the store (12 labels × 30 photos, 1280-d)
     table = store.read_columns(store.load_table(catalog, layout.FEATURES_TABLE), ["label", "features"]).to_pandas()
     table = table[table["label"].notna()]
     features = np.stack(table["features"].to_numpy())
     names, index = np.unique(table["label"].to_numpy(), return_inverse=True)
-    # WHEN scikit-learn's solver minimises the same objective (summed log-loss + ‖W‖²/2C), run tight
+    # WHEN the job's fit runs on the driver, or in the executors (forced by a zero driver limit)
+    if fitted_on == "executors":
+        monkeypatch.setattr(classifier, "DRIVER_FIT_BYTES", 0)
+    rows = spark.createDataFrame([(label, vector.tolist()) for label, vector in zip(table["label"], features)],
+                                 "label string, features array<float>")
+    model = classifier.fit(rows.withColumn("image_key", F.monotonically_increasing_id().cast("string")),
+                           pca.load(warehouse, current_pca_version(catalog)))
+    assert classifier.fits_on_driver(len(table)) == (fitted_on == "driver")
+    # AND scikit-learn's solver minimises the same objective (summed log-loss + ‖W‖²/2C), run tight
     reference = LogisticRegression(C=classifier.PENALTY_C, tol=1e-8, max_iter=5000).fit(
         classifier.unit_rows(features), index)
     # THEN both rank the labels alike and give close probabilities (different L-BFGS, same optimum)
