@@ -143,8 +143,8 @@ def plan_batch(spark: SparkSession, catalog, manifest: Manifest, ingested_at: st
 
 
 def plan_keyed(catalog, manifest: Manifest) -> Batch:
-    """The keyed plan: short columns of the files whose key bounds may hold the batch's keys, read
-    and compared on the driver (batch-sized, whatever the size of the store)."""
+    """The keyed plan, on the driver: the short columns of the files whose key bounds may hold the
+    batch's keys are read, and only the batch's own rows kept and compared."""
     added = [item for item in manifest.items if not item.removed]
     keys = sorted({item.key for item in added})
     versions = key_reads.current_versions(catalog, keys)

@@ -9,6 +9,8 @@ bucket with the whole store, keep the distributed joins of `emr_job.readers`.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import pandas as pd
 
@@ -19,14 +21,26 @@ VERSION_COLUMNS = ("image_key", "etag", "label", "batch_id", "ingested_at")
 ROW_ID = ["image_key", "etag"]
 
 
+# The last few reads, by table version: a batch asks the same table about the same keys more than
+# once (its projections and its suggestions both start from the current versions), and a table
+# version never changes, so an answer holds until the next commit.
+RECENT_READS = 4
+_recent: OrderedDict[tuple, pd.DataFrame] = OrderedDict()
+
+
 def key_rows(catalog, name: str, columns: tuple[str, ...], keys: list[str]) -> pd.DataFrame:
     """The named columns of the table's live rows of these keys (an empty frame with those
     columns when there are none, or no table yet)."""
     table = store.load_table(catalog, name)
     if table is None or not keys:
         return pd.DataFrame({column: pd.Series(dtype=object) for column in columns})
-    rows = table.scan(row_filter=store.keys_filter(keys), selected_fields=columns).to_pandas()
-    return rows[list(columns)].astype(object)
+    version = (table.metadata_location, columns, tuple(keys))
+    if version not in _recent:
+        rows = table.scan(row_filter=store.keys_filter(keys), selected_fields=columns).to_pandas()
+        _recent[version] = rows[list(columns)].astype(object)
+        while len(_recent) > RECENT_READS:
+            _recent.popitem(last=False)
+    return _recent[version].copy(deep=False)
 
 
 def current_versions(catalog, keys: list[str]) -> pd.DataFrame:

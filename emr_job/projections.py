@@ -76,8 +76,8 @@ def project_on_driver(catalog, batch_id: str, warehouse: str, model: pca.PcaMode
     if rows.empty:
         return 0, 0.0, 0.0
     projected = projection_frame(rows.assign(batch_id=batch_id), model)
-    files = arrow_files.write_rows(projected, arrow_files.PROJECTION_COLUMNS, catalog, warehouse, layout.PROJECTIONS_TABLE,
-                                   batch_id)
+    files = arrow_files.write_rows(projected, arrow_files.PROJECTION_COLUMNS, catalog, warehouse,
+                                   layout.PROJECTIONS_TABLE, batch_id)
     store.commit_files(catalog, layout.PROJECTIONS_TABLE, files, batch_id)
     return len(projected), float(projected["total_sq"].sum()), float(projected["captured_sq"].sum())
 

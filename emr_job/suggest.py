@@ -208,8 +208,8 @@ def suggest_on_driver(catalog, warehouse: str, source: str, batch_id: str, rows:
         return 0, 0
     created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     frame = suggestion_frame(rows, projection, model, batch_id, created_at)
-    files = arrow_files.write_rows(frame, arrow_files.SUGGESTION_COLUMNS, catalog, warehouse, layout.SUGGESTIONS_TABLE,
-                                   batch_id)
+    files = arrow_files.write_rows(frame, arrow_files.SUGGESTION_COLUMNS, catalog, warehouse,
+                                   layout.SUGGESTIONS_TABLE, batch_id)
     store.commit_files(catalog, layout.SUGGESTIONS_TABLE, files, batch_id, delete_filter=replace_filter)
     write_json_files(frame.to_dict("records"), source, warehouse)
     return len(frame), int(frame["uncertain"].sum())

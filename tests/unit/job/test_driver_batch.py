@@ -118,3 +118,23 @@ def test_the_driver_writes_one_sorted_file_per_batch_or_none(tmp_path, rows):
     if rows:
         keys = pq.read_table(files[0].removeprefix("file://")).column("image_key").to_pylist()
         assert keys == sorted(keys)
+
+
+def test_a_repeated_read_is_answered_again_only_after_a_commit_changed_the_table(tmp_path, monkeypatch):
+    # GIVEN a store with one row, read once
+    warehouse = str(tmp_path / "wh")
+    catalog = store.open_catalog(warehouse)
+    features(catalog, warehouse, [("raw/A/a.jpg", "1", "2026-01-01")], "b0")
+    keys = ["raw/A/a.jpg", "raw/A/b.jpg"]
+    assert key_reads.current_versions(catalog, keys)["image_key"].tolist() == ["raw/A/a.jpg"]
+    scans = []
+    real_scan = type(store.load_table(catalog, layout.FEATURES_TABLE)).scan
+    monkeypatch.setattr(type(store.load_table(catalog, layout.FEATURES_TABLE)), "scan",
+                        lambda table, *args, **kwargs: scans.append(1) or real_scan(table, *args, **kwargs))
+    # WHEN the same keys are read again, then again after a commit adds one of them
+    again = key_reads.current_versions(catalog, keys)
+    features(catalog, warehouse, [("raw/A/b.jpg", "1", "2026-01-02")], "b1")
+    after = key_reads.current_versions(catalog, keys)
+    # THEN the repeat cost no scan, and the read after the commit sees the new row
+    assert again["image_key"].tolist() == ["raw/A/a.jpg"] and after["image_key"].tolist() == keys
+    assert len(scans) == 1
