@@ -1,7 +1,7 @@
 """A small keyed batch extracted in the driver process, with no Spark job.
 
-Through Spark, a 100-photo batch paid about 15 s here for under 2 s of extraction: a Python worker
-per core importing pandas and pyarrow and loading the model, and a JVM job for each step (0.2–1 s
+Through Spark, 100 photos into a 22,588-row store took 23.9 s here for under 2 s of extraction: a
+Python worker per core importing pandas and pyarrow and loading the model, and 49 JVM jobs (0.1–1 s
 apiece, more the first time). A keyed batch with at most `DRIVER_PHOTOS` photos to extract is
 therefore extracted in the driver by the executors' own `extract_frame`, and its projections and
 suggestions computed there too (`projections`, `suggest`); the driver writes the Parquet files with
@@ -52,7 +52,6 @@ def run_on_driver(spark, catalog, manifest: Manifest, todo: pd.DataFrame, keys: 
 class Extracted:
     report: dict
     features: dict[tuple[str, str], np.ndarray]  # (image_key, etag) → features, of the rows committed
-    quarantined: set[str]
 
 
 def extract_and_commit(catalog, manifest: Manifest, todo: pd.DataFrame, replaced: dict[str, str],
@@ -84,4 +83,4 @@ def extract_and_commit(catalog, manifest: Manifest, todo: pd.DataFrame, replaced
                     "extract_wall": round(extract_wall, 3), "write_and_commit": round(write_wall, 3)},
     }
     features = dict(zip(zip(good["image_key"], good["etag"]), good["features"]))
-    return Extracted(report, features, set(bad["image_key"]))
+    return Extracted(report, features)
