@@ -40,9 +40,8 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
     """
     started = time.perf_counter()
     ingested_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-    added = sum(not item.removed for item in manifest.items)
-    # a batch that may go to the executors has their model loaded while the driver plans
-    loader = warmup.model_loader(spark, settings) if manifest.mode in LISTING_MODES or added > DRIVER_PHOTOS else None
+    # a listing batch (always extracted in the executors) has their model loaded while it is planned
+    loader = warmup.model_loader(spark, settings) if manifest.mode in LISTING_MODES else None
     warming = None if loader is None else warmup.start(spark, loader)
     catalog = store.open_catalog(settings.warehouse)
     report: dict = {"batch_id": manifest.batch_id, "mode": manifest.mode, "source": manifest.source,

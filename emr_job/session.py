@@ -1,10 +1,8 @@
 """The Spark session the job runs in: spark-submit's settings on a cluster, sane defaults locally."""
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-import threading
 
 from pyspark import SparkConf
 from pyspark.sql import SparkSession
@@ -12,27 +10,11 @@ from pyspark.sql import SparkSession
 ARROW_BATCH_ROWS = 256
 
 
-# What the driver imports on a batch's first use of the store and the engine (pyiceberg's catalog
-# and SQLAlchemy alone take 1–2 s): imported while the JVM starts, when the driver only waits.
-DRIVER_MODULES = ("pyiceberg.catalog.sql", "pyiceberg.catalog.glue", "pyiceberg.table", "pyiceberg.io.pyarrow",
-                  "openvino", "PIL.Image")
-
-
-def import_driver_modules() -> None:
-    for name in DRIVER_MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError:  # an optional engine or catalog missing here fails later, where it is used
-            pass
-
-
 def get_session(app_name: str = "verger", cores: int | None = None) -> SparkSession:
     """Reuse spark-submit's configuration when there is one; otherwise local mode on every core.
 
     `cores` caps local mode (e.g. the benchmark's side-by-side runs).
     """
-    importing = threading.Thread(target=import_driver_modules, name="verger-imports", daemon=True)
-    importing.start()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Python workers must run the interpreter that has the job's packages, not the first `python3`.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -51,5 +33,4 @@ def get_session(app_name: str = "verger", cores: int | None = None) -> SparkSess
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    importing.join()
     return spark

@@ -161,9 +161,10 @@ def write_json_files(rows: Iterable[dict], source: str, warehouse: str) -> int:
 
 def suggest_for_batch(spark, catalog, warehouse: str, source: str, batch_id: str, rows: DataFrame | pd.DataFrame,
                       replace_filter=None) -> dict:
-    """Suggest labels for this batch's unlabelled rows (image_key, etag, features), commit them to
-    the suggestions table and write one JSON per photo for the app. `replace_filter` (an Iceberg
-    expression) deletes the rows it matches in the same commit. Rows in a pandas frame (a small
+    """Suggest labels for this batch's unlabelled rows (image_key, etag, features), write one JSON
+    per photo for the app, then commit them to the suggestions table (the commit is what tells a
+    re-run a photo is done, so a run killed before it writes every JSON again). `replace_filter`
+    (an Iceberg expression) deletes the rows it matches in the same commit. Rows in a pandas frame (a small
     batch extracted in the driver) are suggested in the driver, with no Spark job."""
     started = time.perf_counter()
     try:
@@ -194,9 +195,9 @@ def suggest_in_spark(catalog, warehouse: str, source: str, batch_id: str, rows: 
     counts = frame.selectExpr("count(*) AS photos", "count_if(uncertain) AS uncertain").first()
     if counts.photos:
         files = store.write_rows(frame, counts.photos, warehouse, layout.SUGGESTIONS_TABLE, batch_id)
-        store.commit_files(catalog, layout.SUGGESTIONS_TABLE, files, batch_id, delete_filter=replace_filter)
         frame.foreachPartition(lambda partition: write_json_files((row.asDict() for row in partition), source,
                                                                   warehouse))
+        store.commit_files(catalog, layout.SUGGESTIONS_TABLE, files, batch_id, delete_filter=replace_filter)
     frame.unpersist()
     return counts.photos, counts.uncertain
 
@@ -210,6 +211,6 @@ def suggest_on_driver(catalog, warehouse: str, source: str, batch_id: str, rows:
     frame = suggestion_frame(rows, projection, model, batch_id, created_at)
     files = arrow_files.write_rows(frame, arrow_files.SUGGESTION_COLUMNS, catalog, warehouse,
                                    layout.SUGGESTIONS_TABLE, batch_id)
-    store.commit_files(catalog, layout.SUGGESTIONS_TABLE, files, batch_id, delete_filter=replace_filter)
     write_json_files(frame.to_dict("records"), source, warehouse)
+    store.commit_files(catalog, layout.SUGGESTIONS_TABLE, files, batch_id, delete_filter=replace_filter)
     return len(frame), int(frame["uncertain"].sum())

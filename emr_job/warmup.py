@@ -1,9 +1,11 @@
 """The model ready in every Python worker before the first partition needs it.
 
 A fresh executor's first pandas task pays for starting a Python worker, importing pandas and
-pyarrow and loading the model: about 2.5 s here, more than extracting a 100-photo batch. `start`
-runs one small task per core for exactly that, in a background thread, while the driver opens the
-catalog and plans the batch. The extraction's tasks then run in the same workers
+pyarrow and loading the model: about 2.5 s here. For a listing batch (sweep, full), which always
+goes to the executors, `start` runs one small task per core for exactly that, in a background
+thread, while the batch is planned. (A keyed batch is planned on the driver in well under a
+second, and one small enough runs in the driver: warming the executors for it would only take
+their cores.) The extraction's tasks then run in the same workers
 (`spark.python.worker.reuse`), where `load_extractor` finds the model already built. A failed
 warm-up only loses the head start: the extraction loads the model itself and fails its task, with
 the real error, if that fails too.
@@ -12,11 +14,10 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from typing import Callable
 
 import pandas as pd
-from pyspark import SparkFiles
+from pyspark import InheritableThread, SparkFiles
 from pyspark.sql import SparkSession
 
 from emr_job.engines import Extractor, load_extractor
@@ -36,7 +37,7 @@ def model_loader(spark: SparkSession, settings: JobSettings) -> Callable[[], Ext
     return loader
 
 
-def start(spark: SparkSession, loader: Callable[[], Extractor]) -> threading.Thread:
+def start(spark: SparkSession, loader: Callable[[], Extractor]) -> InheritableThread:
     """Load the model in one task per core, in the background; join the thread before the job ends."""
     cores = spark.sparkContext.defaultParallelism
 
@@ -52,6 +53,6 @@ def start(spark: SparkSession, loader: Callable[[], Extractor]) -> threading.Thr
             print(f"verger: the model warm-up failed ({type(error).__name__}); the extraction loads it "
                   "itself", file=sys.stderr)
 
-    thread = threading.Thread(target=run, name="verger-model-warm-up", daemon=True)
+    thread = InheritableThread(target=run, name="verger-model-warm-up", daemon=True)
     thread.start()
     return thread
