@@ -230,3 +230,35 @@ def test_a_batch_killed_between_commits_heals_on_re_run(spark, source, weights, 
     assert sorted(features.column("image_key").to_pylist()) == keys
     assert live_keys(warehouse, "projections") == set(keys)
     assert live_keys(warehouse, "suggestions") == {key for key in keys if key.startswith("inbox/")}
+
+
+def test_a_batch_killed_right_after_its_suggestions_commit_has_left_every_json_for_the_app(
+    spark, source, weights, tmp_path, monkeypatch, executed_in
+):
+    # GIVEN a store with a PCA, and a batch of inbox photos
+    from emr_job.suggest import json_uri
+
+    warehouse, settings = str(tmp_path / "wh"), JobSettings(str(tmp_path / "wh"), weights)
+    uri = f"file://{source}"
+    keys = all_keys(source)
+    inbox = [key for key in keys if key.startswith("inbox/")]
+    run_manifest(spark, build_manifest("incremental", uri, items(source, [k for k in keys if k not in inbox])),
+                 settings)
+    batch = build_manifest("incremental", uri, items(source, inbox))
+
+    # WHEN the batch dies just after its suggestions commit, and runs again
+    real_commit = store.commit_files
+
+    def commit_then_die(catalog, name, files, *args, **kwargs):
+        real_commit(catalog, name, files, *args, **kwargs)
+        if name == "suggestions" and files:
+            raise SystemExit("killed after the suggestions commit")
+
+    monkeypatch.setattr(store, "commit_files", commit_then_die)
+    with pytest.raises(SystemExit):
+        run_manifest(spark, batch, settings)
+    monkeypatch.setattr(store, "commit_files", real_commit)
+    run_manifest(spark, batch, settings)
+
+    # THEN every inbox photo has the JSON the app reads (written before the commit that marks it done)
+    assert inbox and all(os.path.exists(json_uri(uri, warehouse, key)) for key in inbox)
