@@ -19,7 +19,9 @@ def commit_extraction(catalog, manifest: Manifest, feature_files: list[str], qua
                       replaced: dict[str, str], transient: list[str], ingested_at: str) -> None:
     """Register the batch's written files; `replaced` maps the keys re-extracted over an older
     stored version to their new etag, `transient` names the keys whose fetch failed transiently
-    (they keep their stored row)."""
+    (they keep their stored row, so they are no replacement)."""
+    failed = set(transient)
+    replaced = {key: etag for key, etag in replaced.items() if key not in failed}
     store.commit_files(catalog, layout.QUARANTINE_TABLE, quarantine_files, manifest.batch_id)
     if replaced:
         superseded = erasure_filter([], replaced)

@@ -70,8 +70,7 @@ def extract_and_commit(catalog, manifest: Manifest, todo: pd.DataFrame, replaced
     quarantine_files = arrow_files.write_rows(bad, arrow_files.QUARANTINE_COLUMNS, catalog, settings.warehouse,
                                               layout.QUARANTINE_TABLE, manifest.batch_id)
     transient = bad.loc[bad["reason"].isin(TRANSIENT_REASONS), "image_key"].tolist()
-    kept = {key: etag for key, etag in replaced.items() if key not in set(transient)}
-    commit_extraction(catalog, manifest, feature_files, quarantine_files, kept, transient, ingested_at)
+    commit_extraction(catalog, manifest, feature_files, quarantine_files, replaced, transient, ingested_at)
     write_wall = time.perf_counter() - began
     by_reason = bad["reason"].value_counts().to_dict()
     report = {

@@ -198,7 +198,7 @@ def unsuggested_rows(spark: SparkSession, catalog, keys: list[str] | None, fresh
     are none, and then no Spark job ran for a keyed batch): this batch's new ones (their features
     from `fresh`), and any a killed earlier run left without one."""
     if keys is not None:
-        rows = features_of(spark, catalog, key_reads.unsuggested(catalog, keys), fresh, set(fresh_pairs))
+        rows = features_of(spark, catalog, key_reads.unsuggested(catalog, keys), fresh, fresh_pairs)
         return None if rows is None else rows.persist(StorageLevel.MEMORY_AND_DISK)
     photos = current_versions(spark, catalog).where(F.col("label").isNull()).select("image_key", "etag")
     done = table_rows(spark, catalog, layout.SUGGESTIONS_TABLE, "image_key string, etag string")
@@ -210,16 +210,12 @@ def unsuggested_rows(spark: SparkSession, catalog, keys: list[str] | None, fresh
     return rows
 
 
-def replaced_versions(batch: Batch, transient: list[str]) -> dict[str, str]:
-    """key → new etag, for the keys this batch re-extracted over a stored older version (those
-    whose fetch failed transiently keep their old version)."""
+def replaced_versions(batch: Batch) -> dict[str, str]:
+    """key → new etag, for the keys this batch extracts over a stored older version."""
     if batch.replaced is not None:
-        replaced = batch.replaced
-    else:
-        rows = batch.todo.where(F.col("stored_etag").isNotNull()).select("image_key", "etag").collect()
-        replaced = {row.image_key: row.etag for row in rows}
-    kept = set(transient)
-    return {key: etag for key, etag in replaced.items() if key not in kept}
+        return batch.replaced
+    rows = batch.todo.where(F.col("stored_etag").isNotNull()).select("image_key", "etag").collect()
+    return {row.image_key: row.etag for row in rows}
 
 
 def extract_and_commit(spark, catalog, manifest, batch: Batch, settings, loader, ingested_at
@@ -268,7 +264,7 @@ def extract_and_commit(spark, catalog, manifest, batch: Batch, settings, loader,
         sum(by_reason.values()), settings.warehouse, layout.QUARANTINE_TABLE, manifest.batch_id,
     )
     transient = [key for row in outcomes if row.reason in TRANSIENT_REASONS for key in row["keys"]]
-    replaced = replaced_versions(batch, transient) if manifest.mode != "full" else {}
+    replaced = replaced_versions(batch) if manifest.mode != "full" else {}
     commit_extraction(catalog, manifest, feature_files, quarantine_files, replaced, transient, ingested_at)
     write_wall = time.perf_counter() - began
 

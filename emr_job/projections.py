@@ -90,7 +90,7 @@ def rows_to_project(spark, catalog, batch_id: str, version: str, keys: list[str]
     behind. A keyed batch decides on the driver (`key_reads`), a listing one in Spark; features
     are read back only for rows not in `fresh`."""
     if keys is not None:
-        rows = features_of(spark, catalog, key_reads.unprojected(catalog, keys, version), fresh, set(fresh_pairs))
+        rows = features_of(spark, catalog, key_reads.unprojected(catalog, keys, version), fresh, fresh_pairs)
     else:
         done = (
             table_rows(spark, catalog, layout.PROJECTIONS_TABLE, "image_key string, etag string, pca_version string")

@@ -5,6 +5,7 @@ import glob
 import os
 import shutil
 import tempfile
+from collections.abc import Set as AbstractSet
 from functools import reduce
 
 import pandas as pd
@@ -74,7 +75,7 @@ def with_features(spark: SparkSession, catalog, wanted: DataFrame, fresh: DataFr
 
 
 def features_of(spark: SparkSession, catalog, wanted: pd.DataFrame, fresh: DataFrame | None,
-                fresh_pairs: set[tuple[str, str]]) -> DataFrame | None:
+                fresh_pairs: AbstractSet[tuple[str, str]]) -> DataFrame | None:
     """image_key, etag, features of a keyed batch's `wanted` rows (decided on the driver), or None
     when none is wanted. The rows this run extracted (`fresh_pairs`) come from `fresh`, in memory;
     only rows an earlier, killed run committed without finishing them are read back, and only
