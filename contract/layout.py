@@ -43,7 +43,28 @@ FEATURE_DIM = 1280
 INPUT_SIZE = 224
 RESIZE_FILTER = "bicubic"
 FEATURE_VERSION = f"{FEATURE_MODEL}/{RESIZE_FILTER}/v1"
+# Features table property naming the feature version of every row it holds: it switches only in
+# a full recompute's commit, so a store never mixes precisions (or int8 calibrations) in one PCA.
+FEATURE_VERSION_PROPERTY = "verger.feature-version"
 DEFAULT_VARIANCE_TARGET = 0.95
+
+
+def feature_version(precision: str, int8_model_id: str | None = None) -> str:
+    """The version of the features a precision extracts: fp32 is the contract itself; bf16 and
+    int8 are other features (an int8 model's are also those of its calibration, named by its id).
+
+    Examples
+    --------
+    >>> feature_version("fp32") == FEATURE_VERSION, feature_version("int8", "0a1b2c3d4e5f").split("/")[-1]
+    (True, 'int8-0a1b2c3d4e5f')
+    """
+    if precision == "fp32":
+        return FEATURE_VERSION
+    if precision == "bf16":
+        return f"{FEATURE_VERSION}/bf16"
+    if precision == "int8" and int8_model_id:
+        return f"{FEATURE_VERSION}/int8-{int8_model_id}"
+    raise ValueError(f"no feature version for precision {precision!r} (int8 needs its model's id)")
 
 
 def is_image_key(key: str) -> bool:

@@ -53,6 +53,7 @@ class Classifier:
     fit_seconds: float
     created_at: str
     converged: bool = True  # the fit met `logistic.GRADIENT_TOLERANCE` within its iterations
+    feature_version: str = layout.FEATURE_VERSION  # its PCA's: the features it was fitted on
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """(n, d) features → (n, C) scores before the temperature."""
@@ -68,7 +69,7 @@ class Classifier:
             "labels": self.labels.tolist(), "rows_per_label": self.rows_per_label.tolist(),
             "exemplar_keys": self.exemplar_keys.tolist(), "rows_fitted": int(self.rows_per_label.sum()),
             "penalty_c": self.penalty_c, "temperature": self.temperature, "iterations": self.iterations,
-            "converged": self.converged, "fit_seconds": self.fit_seconds, "feature_version": layout.FEATURE_VERSION, "created_at": self.created_at,
+            "converged": self.converged, "fit_seconds": self.fit_seconds, "feature_version": self.feature_version, "created_at": self.created_at,
         }
 
 
@@ -170,7 +171,8 @@ def fit(features: DataFrame, projection: pca.PcaModel) -> Classifier | None:
     else:
         solution = fit_in_executors(blocks, count)
     model = replace(build(labels, counts, *logistic.split(solution.theta, count), projection.version,
-                          solution.iterations), converged=solution.converged)
+                          solution.iterations), converged=solution.converged,
+                    feature_version=projection.feature_version)
     model = with_exemplars(model, exemplars(labelled, model, projection), list(labels))
     model.fit_seconds = time.perf_counter() - started
     return model
@@ -275,6 +277,7 @@ def load(warehouse: str, version: str) -> Classifier:
         exemplar_keys=np.array(meta["exemplar_keys"], object), exemplars=arrays["exemplars"],
         penalty_c=meta["penalty_c"], temperature=meta["temperature"], iterations=meta["iterations"],
         fit_seconds=meta["fit_seconds"], created_at=meta["created_at"], converged=meta.get("converged", True),
+        feature_version=meta.get("feature_version", layout.FEATURE_VERSION),
     )
 
 

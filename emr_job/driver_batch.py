@@ -59,7 +59,8 @@ def extract_and_commit(catalog, manifest: Manifest, todo: pd.DataFrame, replaced
     """Extract `todo` (image_key, etag, label, size) here and commit it as the Spark path does.
     The engine uses every core of this process: no executor task runs beside it."""
     began = time.perf_counter()
-    extractor = load_extractor(settings.weights_path, settings.engine, None, precision=settings.precision)
+    extractor = load_extractor(settings.weights_path, settings.engine, None, precision=settings.precision,
+                               int8_model=settings.int8_model)
     out = extract_frame(todo, manifest.source, extractor, settings.batch_size)
     extract_wall = time.perf_counter() - began
     began = time.perf_counter()
@@ -70,7 +71,8 @@ def extract_and_commit(catalog, manifest: Manifest, todo: pd.DataFrame, replaced
     quarantine_files = arrow_files.write_rows(bad, arrow_files.QUARANTINE_COLUMNS, catalog, settings.warehouse,
                                               layout.QUARANTINE_TABLE, manifest.batch_id)
     transient = bad.loc[bad["reason"].isin(TRANSIENT_REASONS), "image_key"].tolist()
-    commit_extraction(catalog, manifest, feature_files, quarantine_files, replaced, transient, ingested_at)
+    commit_extraction(catalog, manifest, feature_files, quarantine_files, replaced, transient, ingested_at,
+                      settings.feature_version)
     write_wall = time.perf_counter() - began
     by_reason = bad["reason"].value_counts().to_dict()
     report = {

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from contract import layout
 from contract.manifest import LISTING_MODES, Manifest
 from emr_job import blobs, key_reads, store, warmup
-from emr_job.commits import TRANSIENT_REASONS, commit_extraction
+from emr_job.commits import TRANSIENT_REASONS, check_feature_version, commit_extraction
 from emr_job.driver_batch import DRIVER_PHOTOS, run_on_driver
 from emr_job.erasure import erase, erase_removed
 from emr_job.extract import OUTPUT_SCHEMA, extract_partitions
@@ -44,9 +44,13 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
     loader = warmup.model_loader(spark, settings) if manifest.mode in LISTING_MODES else None
     warming = None if loader is None else warmup.start(spark, loader)
     catalog = store.open_catalog(settings.warehouse)
+    feature_version = settings.feature_version
+    # before any work: features of another version would fail the commit after the extraction
+    check_feature_version(store.load_table(catalog, layout.FEATURES_TABLE), feature_version, manifest.mode)
     report: dict = {"batch_id": manifest.batch_id, "mode": manifest.mode, "source": manifest.source,
                     "ingested_at": ingested_at, "seconds": {},
-                    "engine": {"name": settings.engine, "precision": settings.precision}}
+                    "engine": {"name": settings.engine, "precision": settings.precision,
+                               "feature_version": feature_version}}
     removals = [item for item in manifest.items if item.removed]
     if removals:
         report["erasure"] = erase_removed(spark, catalog, settings.warehouse, manifest.source,
@@ -265,7 +269,8 @@ def extract_and_commit(spark, catalog, manifest, batch: Batch, settings, loader,
     )
     transient = [key for row in outcomes if row.reason in TRANSIENT_REASONS for key in row["keys"]]
     replaced = replaced_versions(batch) if manifest.mode != "full" else {}
-    commit_extraction(catalog, manifest, feature_files, quarantine_files, replaced, transient, ingested_at)
+    commit_extraction(catalog, manifest, feature_files, quarantine_files, replaced, transient, ingested_at,
+                      settings.feature_version)
     write_wall = time.perf_counter() - began
 
     def task_seconds(name: str) -> float:

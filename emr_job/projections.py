@@ -5,6 +5,7 @@ Split from `job` so that `verger refit` and the batch share one implementation.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from pyspark.sql import functions as F
 
 from contract import layout
 from emr_job import arrow_files, classifier, key_reads, pca, store
+from emr_job.commits import stored_feature_version
 from emr_job.readers import (current_features, current_pca_version, current_versions, features_of, table_rows,
                             with_features)
 from emr_job.settings import JobSettings
@@ -145,7 +147,8 @@ def refit(spark, catalog, settings: JobSettings, batch_id: str = "refit") -> dic
     """Fit the PCA (and the label classifier) over every current feature row, project them all, and
     switch both pointers in one commit."""
     features = current_features(spark, catalog).persist(StorageLevel.MEMORY_AND_DISK)
-    model = pca.fit(features, settings.variance)
+    version = stored_feature_version(store.load_table(catalog, layout.FEATURES_TABLE)) or layout.FEATURE_VERSION
+    model = replace(pca.fit(features, settings.variance), feature_version=version)
     warehouse = store.warehouse_root(settings.warehouse)
     pca.save(model, warehouse)
     pointer, fitted = classifier.refit(features, model, warehouse)

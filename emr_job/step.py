@@ -25,7 +25,9 @@ def parser() -> argparse.ArgumentParser:
                        help="explained-variance target that chooses k (default %(default)s)")
     parse.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE, help="inference engine")
     parse.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
-                       help="fp32 (the contract), bf16 (native bf16 CPUs only) or auto")
+                       help="fp32 (the contract), bf16 (native bf16 CPUs only), int8 (with --int8-model) or auto")
+    parse.add_argument("--int8-model", default=None,
+                       help="for --precision int8: the folder `verger quantize` made (local or s3://)")
     return parse
 
 
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from emr_job.engines.weights_file import WeightsError
     from emr_job.job import JobSettings, run_manifest
     from emr_job.session import get_session
-    from emr_job.weights import resolve_weights
+    from emr_job.weights import resolve_int8_model, resolve_weights
 
     try:
         manifest = parse_manifest(blobs.read_bytes(args.manifest))
@@ -50,11 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         precision = choose_here(args.precision)
         check_precision(args.engine, precision.precision)
         weights = resolve_weights(args.weights)
+        int8_model = resolve_int8_model(args.int8_model, precision.precision, weights)
     except (WeightsError, OSError, ValueError) as error:
         return refused(error)
     print(f"verger step: precision {precision.precision} ({precision.reason})", file=sys.stderr)
     settings = JobSettings(warehouse=args.warehouse, weights_path=weights, variance=args.variance,
-                           engine=args.engine, precision=precision.precision)
+                           engine=args.engine, precision=precision.precision, int8_model=int8_model)
     report = run_manifest(get_session(f"verger-{manifest.batch_id}"), manifest, settings)
     print(json.dumps(report, indent=1))
     return 0

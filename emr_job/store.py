@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 import warnings
-from typing import Iterable
+from typing import Callable, Iterable
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -191,10 +191,12 @@ def commit_files(
     replace: bool = False,
     properties: dict[str, str] | None = None,
     delete_filter=None,
+    check: Callable[[object], None] | None = None,
 ) -> None:
     """Register Parquet files in one atomic commit. In the same commit, `replace` drops every live
     row and `delete_filter` (an Iceberg expression) the rows it matches: files holding only such
-    rows leave the snapshot, files holding some are rewritten without them."""
+    rows leave the snapshot, files holding some are rewritten without them. `check` sees the table
+    as it is before each attempt and may refuse the commit by raising."""
     from pyiceberg.exceptions import CommitFailedException
     from pyiceberg.expressions import AlwaysTrue
 
@@ -215,6 +217,8 @@ def commit_files(
             )
         if table is None:
             return
+        if check is not None:
+            check(table)
         try:
             with table.transaction() as transaction:
                 if delete_filter is not None and table.current_snapshot() is not None:

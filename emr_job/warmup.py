@@ -30,9 +30,14 @@ def model_loader(spark: SparkSession, settings: JobSettings) -> Callable[[], Ext
     weights_name = os.path.basename(settings.weights_path)
     threads = int(spark.conf.get("spark.task.cpus", "1"))
     engine, precision = settings.engine, settings.precision
+    model_name = None
+    if precision == "int8" and settings.int8_model:
+        spark.sparkContext.addFile(settings.int8_model, recursive=True)
+        model_name = os.path.basename(os.path.normpath(settings.int8_model))
 
     def loader() -> Extractor:
-        return load_extractor(SparkFiles.get(weights_name), engine, threads, precision=precision)
+        return load_extractor(SparkFiles.get(weights_name), engine, threads, precision=precision,
+                              int8_model=model_name and SparkFiles.get(model_name))
 
     return loader
 

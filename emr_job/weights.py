@@ -1,12 +1,14 @@
-"""Turn the `--weights` argument into a checked local file, before any work starts."""
+"""Turn the `--weights` (and `--int8-model`) arguments into checked local files, before any work starts."""
 from __future__ import annotations
 
+import hashlib
 import os
 from urllib.parse import urlparse
 
 from contract.layout import WEIGHTS_CHECKSUM_METADATA
 from emr_job import blobs
 from emr_job.engines import default_cache_dir, weights_sha256
+from emr_job.engines.int8_model import MODEL_FILES, Int8ModelError, check_made_from, read_int8_model
 from emr_job.engines.weights_file import WeightsError, validate_weights
 
 KERAS_WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
@@ -75,3 +77,30 @@ def download_imagenet() -> str:
         raise WeightsError(
             f"cannot download the ImageNet weights ({error}); without internet pass a local .h5 path"
         ) from error
+
+
+def resolve_int8_model(spec: str | None, precision: str, weights_path: str) -> str | None:
+    """The local folder of the int8 model an int8 batch runs (None at another precision), from a
+    local folder or an s3:// prefix made by `verger quantize`; checked whole, unaltered (its
+    calibration record holds the files' sha256) and made from `weights_path`."""
+    if precision != "int8":
+        if spec:
+            raise Int8ModelError(f"--int8-model is for --precision int8 only (this batch runs {precision})")
+        return None
+    if not spec:
+        raise Int8ModelError("precision int8 needs --int8-model: a folder made by `verger quantize` "
+                             "(a local path or an s3:// prefix)")
+    if urlparse(spec).scheme == "s3":
+        folder = os.path.join(default_cache_dir(), "int8", hashlib.sha256(spec.encode()).hexdigest()[:16])
+        try:
+            read_int8_model(folder)
+        except Int8ModelError:  # not downloaded yet, or an interrupted download: fetch every file again
+            try:
+                for name in MODEL_FILES:
+                    blobs.write_bytes(os.path.join(folder, name), blobs.read_bytes(f"{spec.rstrip('/')}/{name}"))
+            except Exception as error:
+                raise Int8ModelError(f"cannot download the int8 model {spec}: {error}") from error
+    else:
+        folder = os.path.abspath(blobs.local_path(spec))
+    check_made_from(read_int8_model(folder), weights_sha256(weights_path))
+    return folder

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,9 +147,11 @@ def run_baseline(script: str, images: Path, weights: str, out: Path) -> Run:
     return Run(images=int(match.group(1)), seconds=float(match.group(2)), memory=memory)
 
 
-def run_reference(images: Path, weights: str, engine: str, precision: str) -> tuple[Run, float]:
+def run_reference(images: Path, weights: str, engine: str, precision: str, int8_model: str | None
+                  ) -> tuple[Run, float]:
     """The single-process reference's run, and its model load seconds (its fixed cost)."""
-    command = [sys.executable, "-m", "verger.reference", str(images), weights, engine, precision]
+    command = [sys.executable, "-m", "verger.reference", str(images), weights, engine, precision,
+               *([int8_model] if int8_model else [])]
     stdout, memory = run_sampled(command, child_env())
     match = REFERENCE_PATTERN.search(stdout)
     if match is None:
@@ -156,9 +159,11 @@ def run_reference(images: Path, weights: str, engine: str, precision: str) -> tu
     return Run(images=int(match.group(1)), seconds=float(match.group(2)), memory=memory), float(match.group(3))
 
 
-def run_verger(images: Path, warehouse: Path, weights: str, engine: str, precision: str) -> Run:
+def run_verger(images: Path, warehouse: Path, weights: str, engine: str, precision: str, int8_model: str | None
+               ) -> Run:
     command = [sys.executable, "-m", "verger.cli", "run", "--images", str(images), "--warehouse",
-               str(warehouse), "--weights", weights, "--engine", engine, "--precision", precision]
+               str(warehouse), "--weights", weights, "--engine", engine, "--precision", precision,
+               *(["--int8-model", int8_model] if int8_model else [])]
     stdout, memory = run_sampled(command, child_env())
     report = json.loads(stdout[stdout.index("{"):])
     processed = report["images"]["new"] + report["images"]["quarantined"]
@@ -193,6 +198,7 @@ class Measured:
     whole: Run
     incremental: Run
     cosine: tuple[float, float]  # mean and min, Verger's features vs the baseline's FP32 ones
+    quantize_s: float  # making the int8 model (0 at another precision): once per store, not in any run
     fp32_quality: bench_quality.Quality
     verger_quality: bench_quality.Quality
 
@@ -212,13 +218,16 @@ def bench(images_dir: str, weights: str, baseline_script: str, limit: int | None
         link_images(images_dir, main_keys, root / "images")
         link_images(images_dir, first_keys, root / "first-images")
         link_images(images_dir, held_back, root / "new-images")
+        int8_model, quantize_s = int8_model_for(choice.precision, root, weights)
         baseline = run_baseline(baseline_script, root / "images", weights, root / "baseline-out")
-        reference, load_s = run_reference(root / "images", weights, engine, choice.precision)
-        whole = run_verger(root / "images", root / "warehouse", weights, engine, choice.precision)
+        reference, load_s = run_reference(root / "images", weights, engine, choice.precision, int8_model)
+        whole = run_verger(root / "images", root / "warehouse", weights, engine, choice.precision, int8_model)
         fp32 = bench_quality.baseline_features(str(root / "baseline-out"), str(root / "images"))
         ours = bench_quality.verger_features(str(root / "warehouse"))
-        first = run_verger(root / "first-images", root / "first-warehouse", weights, engine, choice.precision)
-        incremental = run_verger(root / "new-images", root / "warehouse", weights, engine, choice.precision)
+        first = run_verger(root / "first-images", root / "first-warehouse", weights, engine, choice.precision,
+                           int8_model)
+        incremental = run_verger(root / "new-images", root / "warehouse", weights, engine, choice.precision,
+                                 int8_model)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     common = sorted(set(fp32) & set(ours))
@@ -227,11 +236,23 @@ def bench(images_dir: str, weights: str, baseline_script: str, limit: int | None
     similarity = bench_quality.cosines(reference_features, verger_features)
     return summary(Measured(
         engine=engine, precision=choice, baseline=baseline, reference=reference, reference_load_s=load_s,
-        first=first, whole=whole, incremental=incremental,
+        first=first, whole=whole, incremental=incremental, quantize_s=quantize_s,
         cosine=(float(similarity.mean()), float(similarity.min())),
         fp32_quality=bench_quality.quality(common, reference_features, variance),
         verger_quality=bench_quality.quality(common, verger_features, variance),
     ))
+
+
+def int8_model_for(precision: str, root: Path, weights: str) -> tuple[str | None, float]:
+    """For int8: the model quantized on the whole folder's plain series (`verger.quantize`), and
+    the seconds it took."""
+    if precision != "int8":
+        return None, 0.0
+    from verger.quantize import quantize
+
+    began = time.perf_counter()
+    model = quantize(str(root / "images"), weights, str(root / "int8"))
+    return model.folder, time.perf_counter() - began
 
 
 def cpu_name() -> str:
@@ -267,6 +288,8 @@ def summary(m: Measured) -> list[str]:
     lines = [
         f"CPU: {cpu_name()}, {os.cpu_count()} cores, flags {' '.join(flags) or 'none of ' + ', '.join(SHOWN_FLAGS)}",
         f"engine {m.engine}, precision {m.precision.precision} ({m.precision.reason})",
+        *([f"int8 model quantized on the folder's plain series in {m.quantize_s:.1f} s (once per store; "
+           "in no run's time)"] if m.precision.precision == "int8" else []),
         f"{'':<34}{'photos':>7}{'seconds':>9}{'img/s':>9}{'fixed s':>8}{'ms/photo':>10}{'vs base':>9}",
         row("baseline notebook (Keras)", m.baseline, None),
         row("reference: one process, no Spark", m.reference, m.reference_load_s),
@@ -296,8 +319,8 @@ def summary(m: Measured) -> list[str]:
             verdict(f"whole folder {reference_share:.2f} of the reference >= {REFERENCE_SHARE_TARGET}",
                     reference_share >= REFERENCE_SHARE_TARGET),
             *([verdict(f"bf16 whole folder {whole_ratio:.2f}x >= {BF16_WHOLE_TARGET:.0f}x",
-                       whole_ratio >= BF16_WHOLE_TARGET),
-               verdict(f"top-1 within {100 * TOP1_TOLERANCE:.0f} point", top1_drop <= TOP1_TOLERANCE),
+                       whole_ratio >= BF16_WHOLE_TARGET)] if m.precision.precision == "bf16" else []),
+            *([verdict(f"top-1 within {100 * TOP1_TOLERANCE:.0f} point", top1_drop <= TOP1_TOLERANCE),
                verdict(f"PCA k within {100 * K_TOLERANCE:.0f} %", k_change <= K_TOLERANCE)]
               if m.precision.precision != "fp32" else []),
         ]),

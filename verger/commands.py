@@ -1,5 +1,5 @@
-"""`verger run | export | refit | sweep | forget | maintain`: the job on a local folder or a bucket,
-the store's readers and its upkeep."""
+"""`verger run | export | refit | sweep | forget | maintain | quantize`: the job on a local folder or
+a bucket, the store's readers and its upkeep, and the int8 model."""
 from __future__ import annotations
 
 import argparse
@@ -33,9 +33,7 @@ def add_commands(subparsers) -> None:
                      help="explained-variance target that chooses k (default %(default)s)")
     run.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                      help="inference engine (default %(default)s; keras is the slow reference)")
-    run.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
-                     help="fp32 (default, the exact feature contract), bf16 (openvino, CPUs with "
-                          "AVX-512 BF16 or AMX) or auto (bf16 exactly where the CPU has it)")
+    add_precision_arguments(run)
     run.set_defaults(command=command_run)
 
     export = subparsers.add_parser(
@@ -67,7 +65,22 @@ def add_commands(subparsers) -> None:
     sweep.add_argument("--warehouse", required=True)
     sweep.add_argument("--weights", help="imagenet, a local .h5 path or an s3:// URI (default: $VERGER_WEIGHTS)")
     sweep.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
+    add_precision_arguments(sweep)
     sweep.set_defaults(command=command_sweep)
+
+    quantize = subparsers.add_parser(
+        "quantize", help="make the int8 model that --precision int8 runs, from calibration photos",
+        description="Quantizes the converted graph of the weights to int8 (NNCF post-training: "
+                    "performance preset, full bias correction, pooling kept fp32) on --photos photos "
+                    "of the folder, spread over labels (plain series only where names carry one). "
+                    "Writes OUT/int8-<id>/: model.xml, model.bin and calibration.json (the weights, "
+                    "the photos' sha256, the settings). The id is part of the features' version.",
+    )
+    quantize.add_argument("--images", required=True, help="folder laid out as <Label>/<image>")
+    quantize.add_argument("--weights", help="local .h5 weights (default: $VERGER_WEIGHTS)")
+    quantize.add_argument("--out", required=True, help="folder to write int8-<id>/ into")
+    quantize.add_argument("--photos", type=int, default=300, help="calibration photos (default %(default)s)")
+    quantize.set_defaults(command=command_quantize)
 
     forget = subparsers.add_parser(
         "forget", help="erase photos from every table and their suggestion JSON (right to erasure)",
@@ -122,8 +135,19 @@ def add_commands(subparsers) -> None:
                        help="the notebook baseline script (default: $VERGER_BASELINE or %(default)s)")
     bench.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE)
     bench.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
-                       help="Verger's precision; a lower one is judged against the baseline's FP32 features")
+                       help="Verger's precision; a lower one is judged against the baseline's FP32 features "
+                            "(int8 quantizes on the folder's plain series first)")
     bench.set_defaults(command=command_bench)
+
+
+def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    from emr_job.engines.precision import DEFAULT_PRECISION, PRECISIONS
+
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                        help="fp32 (default, the exact feature contract), bf16 (openvino, CPUs with AVX-512 BF16 "
+                             "or AMX), int8 (openvino, with --int8-model) or auto (bf16 exactly where the CPU "
+                             "has AMX). A store holds one: switching needs --mode full")
+    parser.add_argument("--int8-model", help="for --precision int8: the folder `verger quantize` wrote")
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -133,15 +157,16 @@ def command_run(args: argparse.Namespace) -> int:
     from emr_job.session import get_session
     from emr_job.store import warehouse_root
     from contract.layout import manifest_key, warehouse_path
-    from emr_job.weights import resolve_weights
+    from emr_job.weights import resolve_int8_model, resolve_weights
 
     weights = resolve_weights(args.weights)
     precision = settled_precision(args.engine, args.precision)
+    int8_model = resolve_int8_model(args.int8_model, precision, weights)
     manifest = manifest_for_folder(args.images, args.mode, args.limit)
     blobs.write_bytes(warehouse_path(warehouse_root(args.warehouse), manifest_key(manifest.batch_id)),
                       manifest.to_json().encode())
     settings = JobSettings(warehouse=args.warehouse, weights_path=weights, variance=args.variance,
-                           engine=args.engine, precision=precision)
+                           engine=args.engine, precision=precision, int8_model=int8_model)
     report = run_manifest(get_session("verger-run"), manifest, settings)
     print(json.dumps(report, indent=1))
     return 0
@@ -151,13 +176,16 @@ def command_sweep(args: argparse.Namespace) -> int:
     from emr_job.folders import manifest_for_folder
     from emr_job.job import JobSettings, run_manifest
     from emr_job.session import get_session
-    from emr_job.weights import resolve_weights
+    from emr_job.weights import resolve_int8_model, resolve_weights
 
     if args.source.startswith("s3://"):
         manifest = build_manifest("sweep", args.source, [], nonce=datetime.now(timezone.utc).isoformat())
     else:
         manifest = manifest_for_folder(local_path(args.source), "sweep")
-    settings = JobSettings(warehouse=args.warehouse, weights_path=resolve_weights(args.weights), engine=args.engine)
+    weights = resolve_weights(args.weights)
+    precision = settled_precision(args.engine, args.precision)
+    settings = JobSettings(warehouse=args.warehouse, weights_path=weights, engine=args.engine, precision=precision,
+                           int8_model=resolve_int8_model(args.int8_model, precision, weights))
     print(json.dumps(run_manifest(get_session("verger-sweep"), manifest, settings), indent=1))
     return 0
 
@@ -193,7 +221,7 @@ def command_bench_store(args: argparse.Namespace) -> int:
 
 
 def settled_precision(engine: str, requested: str) -> str:
-    """fp32 or bf16 for this batch, checked against the engine; the choice goes to stderr."""
+    """fp32, bf16 or int8 for this batch, checked against the engine; the choice goes to stderr."""
     import sys
 
     from emr_job.engines import check_precision
@@ -203,6 +231,15 @@ def settled_precision(engine: str, requested: str) -> str:
     check_precision(engine, choice.precision)
     print(f"verger: precision {choice.precision} ({choice.reason})", file=sys.stderr)
     return choice.precision
+
+
+def command_quantize(args: argparse.Namespace) -> int:
+    from emr_job.weights import resolve_weights
+    from verger.quantize import quantize
+
+    model = quantize(args.images, resolve_weights(args.weights), args.out, args.photos)
+    print(f"int8 model {model.model_id}: {model.folder} (run it with --precision int8 --int8-model {model.folder})")
+    return 0
 
 
 def command_export(args: argparse.Namespace) -> int:

@@ -44,11 +44,11 @@ def decoded_ahead(pool: ThreadPoolExecutor, paths: list[str]) -> Iterator[np.nda
         yield window.popleft().result()
 
 
-def run(images_dir: str, weights: str, engine: str, precision: str) -> str:
+def run(images_dir: str, weights: str, engine: str, precision: str, int8_model: str | None = None) -> str:
     paths = [os.path.join(images_dir, key) for key in list_image_keys(images_dir)]
     cores = os.cpu_count() or 1
     started = time.perf_counter()
-    extractor = load_extractor(weights, engine, threads=cores, precision=precision)
+    extractor = load_extractor(weights, engine, threads=cores, precision=precision, int8_model=int8_model)
     load_seconds = time.perf_counter() - started
     done = 0
     batch: list[np.ndarray] = []
@@ -66,4 +66,4 @@ def run(images_dir: str, weights: str, engine: str, precision: str) -> str:
 
 
 if __name__ == "__main__":
-    print(run(*sys.argv[1:5]), flush=True)
+    print(run(*sys.argv[1:6]), flush=True)

@@ -7,7 +7,8 @@ The Spark job only batches and checks; which runtime computes the features is ch
   reference within cosine 0.9999 / max abs diff 1e-3 (proven by
   tests/integration/test_engines_real.py). TensorFlow is imported only to convert.
 - ``openvino`` (default): that ONNX file run by OpenVINO, equal to the reference within the same
-  bounds at fp32 and faster on this hardware; the only engine with a bf16 path (`precision`).
+  bounds at fp32 and faster on this hardware; the only engine with bf16 and int8 paths
+  (`precision`; int8 runs a model made by `verger quantize`, `int8_model`).
 
 `threads` is the number of cores Spark gives this Python worker (e.g. ``spark.task.cpus``); the
 engine never uses more, so concurrent workers do not oversubscribe the machine. ``None`` leaves the
@@ -24,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from contract.layout import FEATURE_DIM, INPUT_SIZE
+from emr_job.engines.int8_model import MODEL_BIN, Int8Model, check_made_from, read_int8_model
 from emr_job.engines.precision import DEFAULT_PRECISION, cpu_flags, choose_precision
 from emr_job.engines.weights_file import WeightsError, validate_weights
 
@@ -36,8 +38,8 @@ INPUT_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
 DEFAULT_ENGINE = "openvino"
 CACHE_ENV = "VERGER_CACHE_DIR"
 
-_loaded: dict[tuple[str, str, int | None, str], Extractor] = {}
-_seen: dict[tuple, tuple[str, str, int | None, str]] = {}
+_loaded: dict[tuple, Extractor] = {}
+_seen: dict[tuple, tuple] = {}
 _load_lock = threading.Lock()
 
 
@@ -86,6 +88,7 @@ def load_extractor(
     threads: int | None = None,
     cache_dir: str | None = None,
     precision: str = DEFAULT_PRECISION,
+    int8_model: str | None = None,
 ) -> Extractor:
     """The feature extractor for these weights, built once per process and reused.
 
@@ -103,22 +106,28 @@ def load_extractor(
         ``fp32`` (the contract) or ``bf16`` (openvino only, and only where this CPU computes bf16
         natively: checked here, on the worker that runs it). Resolve ``auto`` with
         `choose_precision` once per batch, so every worker of a batch runs the same precision.
+        ``int8`` (openvino only) runs `int8_model`.
+    int8_model
+        Local folder of a model made by `verger quantize` from these weights (int8 only).
 
     Returns
     -------
     Extractor
         float32 (n, 224, 224, 3) preprocessed images -> float32 (n, 1280) features. The same
-        object for the same (weights sha256, engine, threads, precision) in this process.
+        object for the same (weights sha256, engine, threads, precision, int8 model) in this process.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
     # Spark calls this once per task: an unchanged file skips the check and the hash (~50 ms).
-    seen = (os.path.realpath(weights_path), *_file_identity(weights_path), engine, threads, precision)
+    model_folder = int8_model if precision == "int8" else None
+    seen = (os.path.realpath(weights_path), *_file_identity(weights_path), engine, threads, precision,
+            model_folder and (os.path.realpath(model_folder), *_file_identity(os.path.join(model_folder, MODEL_BIN))))
     if seen in _seen:
         return _loaded[_seen[seen]]
     check_precision(engine, precision)
     validate_weights(weights_path)
-    key = (weights_sha256(weights_path), engine, threads, precision)
+    quantized = _checked_int8_model(model_folder, weights_path) if precision == "int8" else None
+    key = (weights_sha256(weights_path), engine, threads, precision, quantized and quantized.model_id)
     with _load_lock:
         if key not in _loaded:
             options = _BuildOptions(
@@ -127,6 +136,7 @@ def load_extractor(
                 threads=threads,
                 cache_dir=cache_dir or default_cache_dir(),
                 precision=precision,
+                int8_model=quantized,
             )
             _loaded[key] = _checked(_BUILDERS[engine](options))
         _seen[seen] = key
@@ -142,6 +152,7 @@ class _BuildOptions:
     threads: int | None
     cache_dir: str
     precision: str
+    int8_model: Int8Model | None = None
 
 
 def check_precision(engine: str, precision: str) -> None:
@@ -153,12 +164,21 @@ def check_precision(engine: str, precision: str) -> None:
     Traceback (most recent call last):
     ValueError: precision bf16 needs the openvino engine; onnx runs fp32 only
     """
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16 here (resolve auto first), got {precision!r}")
-    if precision == "bf16" and engine not in BF16_ENGINES:
-        raise ValueError(f"precision bf16 needs the {' or '.join(BF16_ENGINES)} engine; {engine} runs fp32 only")
+    if precision not in ("fp32", "bf16", "int8"):
+        raise ValueError(f"precision must be fp32, bf16 or int8 here (resolve auto first), got {precision!r}")
+    if precision != "fp32" and engine not in LOW_PRECISION_ENGINES:
+        raise ValueError(f"precision {precision} needs the {' or '.join(LOW_PRECISION_ENGINES)} engine; "
+                         f"{engine} runs fp32 only")
     if precision == "bf16":
         choose_precision("bf16", cpu_flags())  # this worker's CPU, which may not be the driver's
+
+
+def _checked_int8_model(folder: str | None, weights_path: str) -> Int8Model:
+    if not folder:
+        raise ValueError("precision int8 needs an int8 model (--int8-model), made by `verger quantize`")
+    model = read_int8_model(folder)
+    check_made_from(model, weights_sha256(weights_path))
+    return model
 
 
 def _checked(run: Extractor) -> Extractor:
@@ -194,6 +214,8 @@ def _build_openvino(options: _BuildOptions) -> Extractor:
     from emr_job.engines.onnx_runtime import onnx_model_path
     from emr_job.engines.openvino_runtime import openvino_extractor
 
+    if options.int8_model is not None:
+        return openvino_extractor(options.int8_model.xml, options.threads, options.precision)
     return openvino_extractor(onnx_model_path(options.weights_path, options.weights_sha256, options.cache_dir),
                               options.threads, options.precision)
 
@@ -203,5 +225,5 @@ _BUILDERS: dict[str, Callable[[_BuildOptions], Extractor]] = {
     "onnx": _build_onnx,
     "openvino": _build_openvino,
 }
-BF16_ENGINES = ("openvino",)
+LOW_PRECISION_ENGINES = ("openvino",)
 ENGINES = tuple(_BUILDERS)

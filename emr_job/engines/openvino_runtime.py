@@ -1,4 +1,5 @@
-"""The same converted ONNX graph run by OpenVINO, at fp32 (the contract) or bf16 (where native).
+"""The same converted ONNX graph run by OpenVINO, at fp32 (the contract) or bf16 (where native), or
+its int8 quantization (`verger quantize`).
 
 OpenVINO reads the ONNX file the ONNX engine caches, so both engines run one conversion of the
 same Keras graph. On CPUs with AVX-512 its fp32 kernels run MobileNetV2 faster than ONNX
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: its quantized layers are int8 already
 
 
 def openvino_extractor(model_path: str, threads: int | None, precision: str):

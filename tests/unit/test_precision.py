@@ -48,7 +48,7 @@ def test_bf16_requested_on_a_cpu_without_it_is_refused_naming_the_missing_flags(
 
 
 def test_unknown_precision_is_refused_with_the_known_ones():
-    with pytest.raises(ValueError, match="fp32, bf16, auto"):
+    with pytest.raises(ValueError, match="fp32, bf16, int8, auto"):
         choose_precision("int4", AVX512_BF16)
 
 

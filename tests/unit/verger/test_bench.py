@@ -104,7 +104,7 @@ def test_summary_derives_fixed_cost_from_the_two_first_batches_and_ends_with_the
         baseline=run(10000, 200.0), reference=run(10000, 40.0), reference_load_s=1.0,
         first=run(2000, 24.0, stages), whole=run(10000, 104.0, stages),
         incremental=run(100, 4.0, stages, "applied"),
-        cosine=(0.98, 0.93), fp32_quality=quality, verger_quality=bench_quality.Quality(0.895, 103, 10),
+        cosine=(0.98, 0.93), quantize_s=0.0, fp32_quality=quality, verger_quality=bench_quality.Quality(0.895, 103, 10),
     )
     # WHEN the summary is written
     lines = summary(measured)
@@ -117,3 +117,24 @@ def test_summary_derives_fixed_cost_from_the_two_first_batches_and_ends_with_the
     assert "top-1 within 1 point MET" in text and "PCA k within 5 % MET" in text
     assert "verger incremental, wall: extract 4.0 s, write+commit 5.0 s, PCA applied 6.0 s, rest -11.0 s" in text
     assert lines[-1] == "ratio verger/baseline: 1.92x"
+    assert "bf16 whole folder 1.92x >= 5x NOT MET" in text
+
+
+def test_an_int8_summary_judges_what_users_see_and_names_the_quantization_time_outside_the_runs():
+    # GIVEN an int8 bench whose model took 42 s to quantize, and a top-1 drop of 2 points
+    stages = {"fetch_task_s": 1, "decode_task_s": 2, "inference_task_s": 3, "extract_wall": 4,
+              "write_and_commit": 5, "pca": 6}
+    measured = Measured(
+        engine="openvino", precision=PrecisionChoice("int8", "forced"),
+        baseline=run(10000, 200.0), reference=run(10000, 40.0), reference_load_s=1.0,
+        first=run(2000, 24.0, stages), whole=run(10000, 104.0, stages),
+        incremental=run(100, 4.0, stages, "applied"), cosine=(0.98, 0.93), quantize_s=42.0,
+        fp32_quality=bench_quality.Quality(top1=0.9, k=100, test=10),
+        verger_quality=bench_quality.Quality(0.88, 104, 10),
+    )
+    # WHEN the summary is written
+    text = "\n".join(summary(measured))
+    # THEN the top-1 bar fails, k passes, the bf16-only speed target is not applied, and 42 s is named
+    assert "top-1 within 1 point NOT MET" in text and "PCA k within 5 % MET" in text
+    assert "bf16 whole folder" not in text
+    assert "quantized on the folder's plain series in 42.0 s" in text
