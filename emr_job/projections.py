@@ -169,6 +169,7 @@ def refit(spark, catalog, settings: JobSettings, batch_id: str = "refit") -> dic
         "k": model.k,
         "target": model.target,
         "rows_fitted": model.rows_fitted,
+        "feature_version": model.feature_version,
         "cumulative_at_k": round(float(model.explained_variance_ratio[: model.k].sum()), 6),
         "fit_seconds": round(model.fit_seconds, 3),
         "project_and_commit_seconds": round(time.perf_counter() - began, 3),
