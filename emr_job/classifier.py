@@ -178,6 +178,29 @@ def fit(features: DataFrame, projection: pca.PcaModel) -> Classifier | None:
     return model
 
 
+def fit_rows(rows: pd.DataFrame, projection: pca.PcaModel) -> Classifier | None:
+    """`fit` over rows already on the driver (image_key, label, features), with no Spark job: the
+    same fit (`logistic.fit_local`) and the same exemplars."""
+    started = time.perf_counter()
+    labelled = rows[rows["label"].notna()]
+    if labelled.empty:
+        return None
+    labels, counts = np.unique(labelled["label"].to_numpy().astype(str), return_counts=True)
+    if len(labels) < 2:
+        raise TooFewRows(f"a classifier needs photos of at least two labels: only {labels[0]!r} is labelled")
+    labels = labels.astype(object)
+    index = np.searchsorted(labels, labelled["label"].to_numpy())
+    solution = logistic.fit_local(unit_rows(np.stack(labelled["features"].to_numpy())), index, len(labels),
+                                  PENALTY_C)
+    model = replace(build(labels, counts, *logistic.split(solution.theta, len(labels)), projection.version,
+                          solution.iterations), converged=solution.converged,
+                    feature_version=projection.feature_version)
+    chosen = next(surest_per_label(iter([labelled]), model, projection)).set_index("label")
+    model = with_exemplars(model, chosen, list(labels))
+    model.fit_seconds = time.perf_counter() - started
+    return model
+
+
 def fit_in_executors(blocks, count: int) -> logistic.Solution:
     """L-BFGS on the driver over (label indices, rows) blocks cached in the executors."""
     from pyspark import StorageLevel
@@ -256,13 +279,22 @@ def folder(warehouse: str, version: str) -> str:
     return layout.warehouse_path(warehouse, layout.CLASSIFIER_DIR, version)
 
 
-def save(model: Classifier, warehouse: str, seen: DataFrame) -> None:
+def save(model: Classifier, warehouse: str, seen: DataFrame | pd.DataFrame) -> None:
     """Write the version's arrays, its metadata and the (image_key, etag, label) rows it was fitted
     on; readers only use it once the pointer names it."""
     buffer = io.BytesIO()
     np.savez(buffer, weights=model.weights, bias=model.bias, exemplars=model.exemplars)
     where = folder(warehouse, model.version)
-    seen.where("label IS NOT NULL").select("image_key", "etag", "label").write.parquet(f"{where}/rows")
+    if isinstance(seen, pd.DataFrame):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(seen.loc[seen["label"].notna(), ["image_key", "etag", "label"]],
+                                            preserve_index=False), rows)
+        blobs.write_bytes(f"{where}/rows/part-00000-driver.parquet", rows.getvalue())
+    else:
+        seen.where("label IS NOT NULL").select("image_key", "etag", "label").write.parquet(f"{where}/rows")
     blobs.write_bytes(f"{where}/model.npz", buffer.getvalue())
     blobs.write_bytes(f"{where}/model.json", json.dumps(model.metadata(), indent=1).encode())
 
@@ -281,11 +313,13 @@ def load(warehouse: str, version: str) -> Classifier:
     )
 
 
-def refit(features: DataFrame, model: pca.PcaModel, warehouse: str) -> tuple[dict[str, str], dict]:
-    """At a PCA refit: fit, save, and return the pointer property for the projections commit and
-    the report. No labelled row: the pointer is cleared (an old classifier belongs to an old PCA)."""
+def refit(features: DataFrame | pd.DataFrame, model: pca.PcaModel, warehouse: str) -> tuple[dict[str, str], dict]:
+    """At a PCA refit: fit (`fit_rows` for rows already on the driver, else `fit`), save, and
+    return the pointer property for the projections commit and the report. No labelled row: the
+    pointer is cleared (an old classifier belongs to an old PCA)."""
+    on_driver = isinstance(features, pd.DataFrame)
     try:
-        fitted = fit(features, model)
+        fitted = fit_rows(features, model) if on_driver else fit(features, model)
     except TooFewRows as reason:
         return {layout.CURRENT_CLASSIFIER_PROPERTY: ""}, {"action": "none", "reason": str(reason)}
     if fitted is None:
@@ -295,5 +329,5 @@ def refit(features: DataFrame, model: pca.PcaModel, warehouse: str) -> tuple[dic
         "action": "fitted", "version": fitted.version, "method": METHOD, "labels": len(fitted.labels),
         "rows_fitted": int(fitted.rows_per_label.sum()), "iterations": fitted.iterations,
         "converged": fitted.converged, "fit_seconds": round(fitted.fit_seconds, 3),
-        "fitted_on": "driver" if fits_on_driver(int(fitted.rows_per_label.sum())) else "executors",
+        "fitted_on": "driver" if on_driver or fits_on_driver(int(fitted.rows_per_label.sum())) else "executors",
     }

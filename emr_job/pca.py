@@ -183,3 +183,22 @@ def drift(total_sq: float, captured_sq: float, residual_sq: float, rows: int, ta
         "threshold": round(target - margin, 6),
         "refit_advised": bool(captured_share < target - margin),
     }
+
+
+def projection_frame(frame: pd.DataFrame, model: PcaModel) -> pd.DataFrame:
+    """(image_key, etag, batch_id, features) rows → projections-table rows plus each row's squared
+    norms (centred, and captured) for the drift figures; the executors and the driver share it."""
+    x = np.stack(frame["features"].to_numpy()).astype(np.float64)  # (n, d)
+    centred = x - model.mean  # (n, d)
+    coordinates = centred @ model.components.T  # (n, k)
+    return pd.DataFrame(
+        {
+            "image_key": frame["image_key"].to_numpy(),
+            "etag": frame["etag"].to_numpy(),
+            "batch_id": frame["batch_id"].to_numpy(),
+            "pca_version": model.version,
+            "pca": list(coordinates.astype(np.float32)),
+            "total_sq": (centred ** 2).sum(axis=1),
+            "captured_sq": (coordinates ** 2).sum(axis=1),
+        }
+    )

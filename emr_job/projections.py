@@ -14,7 +14,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from contract import layout
-from emr_job import arrow_files, classifier, key_reads, pca, store
+from emr_job import arrow_files, classifier, driver_refit, key_reads, pca, store
 from emr_job.commits import stored_feature_version
 from emr_job.readers import (current_features, current_pca_version, current_versions, features_of, table_rows,
                             with_features)
@@ -77,7 +77,7 @@ def project_on_driver(catalog, batch_id: str, warehouse: str, model: pca.PcaMode
     rows = key_reads.with_features(catalog, key_reads.unprojected(catalog, keys, model.version), fresh)
     if rows.empty:
         return 0, 0.0, 0.0
-    projected = projection_frame(rows.assign(batch_id=batch_id), model)
+    projected = pca.projection_frame(rows.assign(batch_id=batch_id), model)
     files = arrow_files.write_rows(projected, arrow_files.PROJECTION_COLUMNS, catalog, warehouse,
                                    layout.PROJECTIONS_TABLE, batch_id)
     store.commit_files(catalog, layout.PROJECTIONS_TABLE, files, batch_id)
@@ -111,25 +111,6 @@ PROJECTION_SCHEMA = (
 )
 
 
-def projection_frame(frame: pd.DataFrame, model: pca.PcaModel) -> pd.DataFrame:
-    """(image_key, etag, batch_id, features) rows → projections-table rows plus each row's squared
-    norms (centred, and captured) for the drift figures; the executors and the driver share it."""
-    x = np.stack(frame["features"].to_numpy()).astype(np.float64)  # (n, d)
-    centred = x - model.mean  # (n, d)
-    coordinates = centred @ model.components.T  # (n, k)
-    return pd.DataFrame(
-        {
-            "image_key": frame["image_key"].to_numpy(),
-            "etag": frame["etag"].to_numpy(),
-            "batch_id": frame["batch_id"].to_numpy(),
-            "pca_version": model.version,
-            "pca": list(coordinates.astype(np.float32)),
-            "total_sq": (centred ** 2).sum(axis=1),
-            "captured_sq": (coordinates ** 2).sum(axis=1),
-        }
-    )
-
-
 def project(rows: DataFrame, model: pca.PcaModel) -> DataFrame:
     """`projection_frame` over a Spark frame, in the executors."""
     shared = rows.sparkSession.sparkContext.broadcast(model)
@@ -138,16 +119,22 @@ def project(rows: DataFrame, model: pca.PcaModel) -> DataFrame:
         model_ = shared.value
         for frame in frames:
             if not frame.empty:
-                yield projection_frame(frame, model_)
+                yield pca.projection_frame(frame, model_)
 
     return rows.mapInPandas(run, PROJECTION_SCHEMA)
 
 
 def refit(spark, catalog, settings: JobSettings, batch_id: str = "refit") -> dict:
     """Fit the PCA (and the label classifier) over every current feature row, project them all, and
-    switch both pointers in one commit."""
+    switch both pointers in one commit: on the driver for a small store (`driver_refit`), in Spark
+    otherwise."""
+    table = store.load_table(catalog, layout.FEATURES_TABLE)
+    version = stored_feature_version(table) or layout.FEATURE_VERSION
+    if driver_refit.fits_on_driver(table):
+        model, fitted, project_seconds = driver_refit.refit_on_driver(catalog, table, settings.warehouse,
+                                                                      settings.variance, version, batch_id)
+        return refit_report(model, fitted, project_seconds, "driver")
     features = current_features(spark, catalog).persist(StorageLevel.MEMORY_AND_DISK)
-    version = stored_feature_version(store.load_table(catalog, layout.FEATURES_TABLE)) or layout.FEATURE_VERSION
     model = replace(pca.fit(features, settings.variance), feature_version=version)
     warehouse = store.warehouse_root(settings.warehouse)
     pca.save(model, warehouse)
@@ -163,8 +150,13 @@ def refit(spark, catalog, settings: JobSettings, batch_id: str = "refit") -> dic
         properties={layout.CURRENT_PCA_PROPERTY: model.version, **pointer},
     )
     features.unpersist()
+    return refit_report(model, fitted, time.perf_counter() - began, "executors")
+
+
+def refit_report(model: pca.PcaModel, fitted: dict, project_seconds: float, computed_in: str) -> dict:
     return {
         "action": "refit",
+        "computed_in": computed_in,
         "version": model.version,
         "k": model.k,
         "target": model.target,
@@ -172,6 +164,6 @@ def refit(spark, catalog, settings: JobSettings, batch_id: str = "refit") -> dic
         "feature_version": model.feature_version,
         "cumulative_at_k": round(float(model.explained_variance_ratio[: model.k].sum()), 6),
         "fit_seconds": round(model.fit_seconds, 3),
-        "project_and_commit_seconds": round(time.perf_counter() - began, 3),
+        "project_and_commit_seconds": round(project_seconds, 3),
         "classifier": fitted,
     }

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 from sklearn.decomposition import PCA
 
-from emr_job import pca, store
+from emr_job import classifier, pca, store
 from emr_job.folders import manifest_for_folder
 from emr_job.job import JobSettings, run_manifest
 from emr_job.projections import refit
@@ -34,10 +34,16 @@ def exported(spark, warehouse, tmp_path) -> pd.DataFrame:
     return pq.read_table(out).to_pandas()
 
 
+@pytest.mark.parametrize("computed_in", ["driver", "executors"])
 @pytest.mark.parametrize("target", [0.80, 0.90, 0.95])
-def test_projections_equal_sklearn_full_svd_per_component_up_to_sign(spark, warehouse, target, tmp_path):
-    # GIVEN a refit at the target over the stored features
+def test_projections_equal_sklearn_full_svd_per_component_up_to_sign(spark, warehouse, target, computed_in,
+                                                                      monkeypatch, tmp_path):
+    # GIVEN a refit at the target over the stored features, on the driver (a small store) or in
+    # Spark (forced by a zero driver limit)
+    if computed_in == "executors":
+        monkeypatch.setattr(classifier, "DRIVER_FIT_BYTES", 0)
     outcome = refit(spark, store.open_catalog(warehouse), JobSettings(warehouse, "", variance=target))
+    assert outcome["computed_in"] == computed_in
     rows = exported(spark, warehouse, tmp_path)
     features = np.stack(rows["features"].to_numpy()).astype(np.float64)  # (720, 1280)
     ours = np.stack(rows["pca"].to_numpy())  # (720, k)

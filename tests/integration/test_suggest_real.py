@@ -7,10 +7,10 @@ import os
 import shutil
 
 import numpy as np
+import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from pyspark.sql import functions as F
 from sklearn.linear_model import LogisticRegression
 
 from contract import layout
@@ -173,7 +173,7 @@ def test_inbox_photos_before_any_labelled_photo_get_a_clear_none_not_a_failed_ba
     assert store.load_table(catalog, layout.SUGGESTIONS_TABLE) is None
 
 
-@pytest.mark.parametrize("fitted_on", ["driver", "executors"])
+@pytest.mark.parametrize("fitted_on", ["driver", "collected", "executors"])
 def test_both_fits_reach_the_optimum_scikit_learn_finds_for_the_same_objective(suggested, spark, monkeypatch,
                                                                                 fitted_on):
     warehouse, _, _, _, _ = suggested
@@ -183,14 +183,21 @@ def test_both_fits_reach_the_optimum_scikit_learn_finds_for_the_same_objective(s
     table = table[table["label"].notna()]
     features = np.stack(table["features"].to_numpy())
     names, index = np.unique(table["label"].to_numpy(), return_inverse=True)
-    # WHEN the job's fit runs on the driver, or in the executors (forced by a zero driver limit)
+    # WHEN the job's fit runs on rows already on the driver (a small store's refit), on rows
+    # collected from Spark, or in the executors (forced by a zero driver limit)
     if fitted_on == "executors":
         monkeypatch.setattr(classifier, "DRIVER_FIT_BYTES", 0)
-    rows = spark.createDataFrame([(label, vector.tolist()) for label, vector in zip(table["label"], features)],
-                                 "label string, features array<float>")
-    model = classifier.fit(rows.withColumn("image_key", F.monotonically_increasing_id().cast("string")),
-                           pca.load(warehouse, current_pca_version(catalog)))
-    assert classifier.fits_on_driver(len(table)) == (fitted_on == "driver")
+    projection = pca.load(warehouse, current_pca_version(catalog))
+    keys = [str(number) for number in range(len(table))]
+    if fitted_on == "driver":
+        model = classifier.fit_rows(pd.DataFrame({"image_key": keys, "label": table["label"].to_numpy(),
+                                                  "features": list(features)}), projection)
+    else:
+        rows = spark.createDataFrame([(key, label, vector.tolist()) for key, label, vector in
+                                      zip(keys, table["label"], features)],
+                                     "image_key string, label string, features array<float>")
+        model = classifier.fit(rows, projection)
+    assert classifier.fits_on_driver(len(table)) == (fitted_on != "executors")
     # AND scikit-learn's solver minimises the same objective (summed log-loss + ‖W‖²/2C), run tight
     reference = LogisticRegression(C=classifier.PENALTY_C, tol=1e-8, max_iter=5000).fit(
         classifier.unit_rows(features), index)
