@@ -1,8 +1,8 @@
 """Stage what the cluster needs in the bucket: the job wheel, its entry script, the bootstrap
 action with its lock, the notebook server's script, the TLS certificates of its nodes, and the
-model weights with their checksum.
+model weights with their checksum, and the int8 model `verger quantize` made.
 
-    python -m bootstrap.stage --bucket BUCKET [--weights PATH] [--region eu-west-3]
+    python -m bootstrap.stage --bucket BUCKET [--weights PATH] [--int8-model DIR] [--region eu-west-3]
 
 Run it after `sam deploy` and again after every change to `emr_job/`, `contract/` or
 `pyproject.toml`; nodes of a running cluster keep the wheel they bootstrapped with, while
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,9 @@ WHEEL_GLOB_PREFIX = f"{CODE_PREFIX}verger-"
 TLS_CERTIFICATES_KEY = f"{CODE_PREFIX}tls/certificates.zip"
 # The key template.yaml passes to the job as VERGER_WEIGHTS_URI, whatever the local file is called.
 WEIGHTS_KEY = f"{MODELS_PREFIX}mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+# The folder `verger quantize` writes, int8-<model id>: staged as models/<name>/, the template's
+# Int8ModelName (whose AllowedPattern is the same).
+INT8_MODEL_NAME = re.compile(r"int8-[0-9a-f]{12}")
 
 
 class StageError(RuntimeError):
@@ -133,6 +137,48 @@ def stage_weights(s3, bucket: str, weights: Path) -> list[Staged]:
     return [staged, Staged(uri=f"s3://{bucket}/{checksum_key}", sha256=staged.sha256)]
 
 
+@dataclass(frozen=True)
+class StagedInt8Model:
+    """An int8 model folder staged under models/: the URI the job reads and the stack's Int8ModelName."""
+
+    uri: str
+    name: str
+    files: list[Staged]
+
+
+def check_int8_model(folder: Path) -> str:
+    """The name of an int8 model folder fit to stage (int8-<id>, whole, unaltered, named after its
+    calibration record's id), or StageError saying what is wrong."""
+    from emr_job.engines.int8_model import MODEL_FILES, Int8ModelError, read_int8_model
+
+    if not folder.is_dir():
+        raise StageError(f"int8 model folder {folder} not found: make one with `verger quantize`")
+    if not INT8_MODEL_NAME.fullmatch(folder.name):
+        raise StageError(f"int8 model folder {folder} is not named int8-<12 hex digits> as `verger quantize` "
+                         "names it: the name is the model's id, which the stack's Int8ModelName repeats")
+    missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
+    if missing:
+        raise StageError(f"int8 model folder {folder} lacks {', '.join(missing)}: make it again with `verger quantize`")
+    try:
+        model = read_int8_model(str(folder))
+    except Int8ModelError as error:
+        raise StageError(str(error)) from error
+    if folder.name != f"int8-{model.model_id}":
+        raise StageError(f"int8 model folder {folder} holds model {model.model_id}: "
+                         f"stage it under its own name, int8-{model.model_id}")
+    return folder.name
+
+
+def stage_int8_model(s3, bucket: str, folder: Path) -> StagedInt8Model:
+    """Upload an int8 model folder's files to models/<folder name>/, each with its sha256."""
+    from emr_job.engines.int8_model import MODEL_FILES
+
+    name = check_int8_model(folder)
+    prefix = f"{MODELS_PREFIX}{name}/"
+    staged = [upload(s3, bucket, folder / file, f"{prefix}{file}") for file in MODEL_FILES]
+    return StagedInt8Model(uri=f"s3://{bucket}/{prefix.rstrip('/')}", name=name, files=staged)
+
+
 def stage_tls_certificates(s3, bucket: str, region: str, rotate: bool = False) -> list[Staged]:
     """Upload the cluster's TLS certificates unless they are there: replacing them under running
     nodes would split a cluster in two, so rotation is explicit (`--rotate-tls`)."""
@@ -151,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bootstrap.stage", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bucket", required=True, help="the stack's bucket (output BucketName)")
     parser.add_argument("--weights", type=Path, help="MobileNetV2 no-top .h5 weights to upload under models/")
+    parser.add_argument("--int8-model", type=Path,
+                        help="int8-<id> folder `verger quantize` wrote, to upload under models/ (then deploy with "
+                             "Precision=int8 and Int8ModelName=int8-<id>)")
     parser.add_argument("--region", help="AWS region (default: the AWS CLI/SDK configuration)")
     parser.add_argument("--project", type=Path, default=REPO_ROOT, help="checkout to stage (default: this one)")
     parser.add_argument(
@@ -161,11 +210,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="replace the cluster's TLS certificates (only while no cluster runs)")
     args = parser.parse_args(argv)
     s3 = boto3.client("s3", region_name=args.region)
+    int8_model = None
     try:
+        if args.int8_model:  # checked before anything is uploaded
+            check_int8_model(args.int8_model)
         staged = stage_code(s3, args.bucket, args.project, isolated=not args.no_build_isolation)
         staged += stage_tls_certificates(s3, args.bucket, s3.meta.region_name, rotate=args.rotate_tls)
         if args.weights:
             staged += stage_weights(s3, args.bucket, args.weights)
+        if args.int8_model:
+            int8_model = stage_int8_model(s3, args.bucket, args.int8_model)
+            staged += int8_model.files
     except StageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -174,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for item in staged:
         print(f"{item.uri}  sha256={item.sha256}")
+    if int8_model:
+        print(f"int8 model staged at {int8_model.uri}: deploy with Precision=int8 Int8ModelName={int8_model.name}")
     return 0
 
 

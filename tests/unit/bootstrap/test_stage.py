@@ -130,3 +130,112 @@ def test_command_line_reports_a_missing_bucket_without_a_traceback(s3, project, 
     # THEN it fails with one error line naming the bucket
     assert status == 1
     assert "cannot stage into s3://no-such-bucket" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the int8 model (--int8-model)
+def int8_folder(parent, name: str | None = None, weights_sha256: str = "ab" * 32):
+    """A folder as `verger quantize` writes it (model.xml, model.bin, calibration.json recording the
+    weights' and the files' sha256), named int8-<its id> unless `name` says otherwise; the model
+    files' contents do not matter here."""
+    import json
+
+    from emr_job.engines.int8_model import CALIBRATION_JSON, MODEL_BIN, MODEL_XML, calibration_record
+
+    scratch = parent / "scratch"
+    scratch.mkdir()
+    (scratch / MODEL_XML).write_text("<net name='tiny'/>\n")
+    (scratch / MODEL_BIN).write_bytes(bytes(range(256)) * 8)
+    record = calibration_record(weights_sha256, {"Apple/1.jpg": "01" * 32}, {"preset": "performance"}, str(scratch))
+    (scratch / CALIBRATION_JSON).write_text(json.dumps(record))
+    return scratch.rename(parent / (name or f"int8-{record['model_id']}"))
+
+
+def test_an_int8_model_goes_whole_under_models_with_its_name_and_checksums(s3, tmp_path):
+    # GIVEN the folder `verger quantize` wrote
+    folder = int8_folder(tmp_path)
+    # WHEN it is staged
+    staged = stage.stage_int8_model(s3, BUCKET, folder)
+    # THEN its three files land under models/<folder name>/ byte for byte, each with its sha256, and
+    # the URI is the one the stack builds from Int8ModelName (s3://BUCKET/models/<name>)
+    assert staged.name == folder.name and stage.INT8_MODEL_NAME.fullmatch(staged.name)
+    assert staged.uri == f"s3://{BUCKET}/models/{folder.name}"
+    assert keys(s3) == {f"models/{folder.name}/{name}" for name in ("model.xml", "model.bin", "calibration.json")}
+    for path in folder.iterdir():
+        key = f"models/{folder.name}/{path.name}"
+        assert body(s3, key) == path.read_bytes()
+        assert s3.head_object(Bucket=BUCKET, Key=key)["Metadata"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_staged_int8_model_is_what_the_job_downloads_and_accepts(s3, tmp_path, monkeypatch):
+    # GIVEN an int8 model staged into the bucket
+    from emr_job.engines.int8_model import read_int8_model
+    from emr_job.weights import resolve_int8_model
+
+    weights = tmp_path / "weights.h5"
+    weights.write_bytes(b"the weights it was quantized from")
+    folder = int8_folder(tmp_path, weights_sha256=hashlib.sha256(weights.read_bytes()).hexdigest())
+    staged = stage.stage_int8_model(s3, BUCKET, folder)
+    monkeypatch.setenv("VERGER_CACHE_DIR", str(tmp_path / "cache"))
+    # WHEN the job resolves --int8-model at the URI the stack passes
+    local = resolve_int8_model(staged.uri, "int8", weights_path=str(weights))
+    # THEN it downloads the same model, whole and unaltered
+    assert read_int8_model(local).model_id == folder.name.removeprefix("int8-")
+
+
+@pytest.mark.parametrize("missing", ["model.xml", "model.bin", "calibration.json"])
+def test_an_int8_folder_missing_a_file_is_refused_by_name_and_nothing_is_uploaded(s3, tmp_path, missing):
+    folder = int8_folder(tmp_path)
+    (folder / missing).unlink()
+    with pytest.raises(stage.StageError, match=f"lacks {missing}"):
+        stage.stage_int8_model(s3, BUCKET, folder)
+    assert keys(s3) == set()
+
+
+@pytest.mark.parametrize("name", ["int8-tiny", "my-model", "int8-0A1B2C3D4E5F", "int8-0a1b2c3d4e5f0"])
+def test_an_int8_folder_not_named_as_verger_quantize_names_it_is_refused(s3, tmp_path, name):
+    folder = int8_folder(tmp_path, name)
+    with pytest.raises(stage.StageError, match=r"not named int8-<12 hex digits>"):
+        stage.stage_int8_model(s3, BUCKET, folder)
+    assert keys(s3) == set()
+
+
+def test_an_int8_folder_renamed_to_another_models_id_or_altered_is_refused(s3, tmp_path):
+    # GIVEN a model folder renamed after another id, and one whose weights file changed after quantization
+    (tmp_path / "renamed").mkdir()
+    (tmp_path / "altered").mkdir()
+    renamed = int8_folder(tmp_path / "renamed", "int8-0a1b2c3d4e5f")
+    altered = int8_folder(tmp_path / "altered")
+    (altered / "model.bin").write_bytes(b"changed")
+    # WHEN / THEN neither is staged: the name would not be the model's id, or the job would refuse the files
+    with pytest.raises(stage.StageError, match="holds model .*stage it under its own name"):
+        stage.stage_int8_model(s3, BUCKET, renamed)
+    with pytest.raises(stage.StageError, match="model.bin differs"):
+        stage.stage_int8_model(s3, BUCKET, altered)
+    assert keys(s3) == set()
+
+
+def test_command_line_stages_the_int8_model_and_prints_its_uri_and_the_name_to_deploy_with(s3, project, tmp_path, capsys):
+    # GIVEN an int8 model folder
+    folder = int8_folder(tmp_path)
+    # WHEN the command runs with --int8-model
+    status = stage.main(["--bucket", BUCKET, "--project", str(project), "--int8-model", str(folder),
+                         "--no-build-isolation"])
+    # THEN it succeeds, prints each file, and says which Int8ModelName to deploy with
+    printed = capsys.readouterr().out.splitlines()
+    assert status == 0
+    assert {f"s3://{BUCKET}/models/{folder.name}/{name}" for name in ("model.xml", "model.bin", "calibration.json")} <= {
+        line.split()[0] for line in printed}
+    assert printed[-1] == (f"int8 model staged at s3://{BUCKET}/models/{folder.name}: "
+                           f"deploy with Precision=int8 Int8ModelName={folder.name}")
+
+
+def test_command_line_refuses_a_bad_int8_folder_before_uploading_anything(s3, project, tmp_path, capsys):
+    # GIVEN a model folder without its calibration record
+    folder = int8_folder(tmp_path)
+    (folder / "calibration.json").unlink()
+    # WHEN the command runs  THEN it fails naming the file, and not even the code was staged
+    status = stage.main(["--bucket", BUCKET, "--project", str(project), "--int8-model", str(folder),
+                         "--no-build-isolation"])
+    assert status == 1
+    assert "lacks calibration.json" in capsys.readouterr().err
+    assert keys(s3) == set()
