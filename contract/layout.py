@@ -47,6 +47,10 @@ FEATURE_VERSION = f"{FEATURE_MODEL}/{RESIZE_FILTER}/v1"
 # a full recompute's commit, so a store never mixes precisions (or int8 calibrations) in one PCA.
 FEATURE_VERSION_PROPERTY = "verger.feature-version"
 DEFAULT_VARIANCE_TARGET = 0.95
+# What the step's --precision accepts: fp32 is the contract; bf16 and int8 extract other feature
+# versions; auto picks bf16 only where the CPU computes it fast (emr_job.engines.precision).
+PRECISIONS = ("fp32", "bf16", "int8", "auto")
+DEFAULT_PRECISION = "fp32"
 
 
 def feature_version(precision: str, int8_model_id: str | None = None) -> str:
@@ -160,13 +164,27 @@ class StepArgs:
     WAREHOUSE = "--warehouse"
     WEIGHTS = "--weights"
     VARIANCE = "--variance"
+    PRECISION = "--precision"
+    INT8_MODEL = "--int8-model"
 
 
-def step_arguments(manifest_uri: str, warehouse: str, weights: str, variance: float) -> list[str]:
-    """The job's arguments after the entry script, identical on EMR, EMR Serverless and locally."""
+def step_arguments(manifest_uri: str, warehouse: str, weights: str, variance: float,
+                   precision: str = DEFAULT_PRECISION, int8_model: str | None = None) -> list[str]:
+    """The job's arguments after the entry script, identical on EMR, EMR Serverless and locally;
+    `int8_model` (the folder or s3:// prefix `verger quantize` made) goes with precision int8 only.
+
+    Examples
+    --------
+    >>> step_arguments("s3://b/manifests/x.json", "s3://b/warehouse", "s3://b/w.h5", 0.95)[-2:]
+    ['--precision', 'fp32']
+    >>> step_arguments("m", "wh", "w", 0.9, "int8", "s3://b/models/int8-0a1b2c3d4e5f")[-4:]
+    ['--precision', 'int8', '--int8-model', 's3://b/models/int8-0a1b2c3d4e5f']
+    """
     return [
         StepArgs.MANIFEST, manifest_uri,
         StepArgs.WAREHOUSE, warehouse,
         StepArgs.WEIGHTS, weights,
         StepArgs.VARIANCE, str(variance),
+        StepArgs.PRECISION, precision,
+        *([StepArgs.INT8_MODEL, int8_model] if int8_model else []),
     ]

@@ -24,9 +24,9 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument(StepArgs.VARIANCE, type=float, default=DEFAULT_VARIANCE_TARGET,
                        help="explained-variance target that chooses k (default %(default)s)")
     parse.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE, help="inference engine")
-    parse.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+    parse.add_argument(StepArgs.PRECISION, choices=PRECISIONS, default=DEFAULT_PRECISION,
                        help="fp32 (the contract), bf16 (native bf16 CPUs only), int8 (with --int8-model) or auto")
-    parse.add_argument("--int8-model", default=None,
+    parse.add_argument(StepArgs.INT8_MODEL, default=None,
                        help="for --precision int8: the folder `verger quantize` made (local or s3://)")
     return parse
 

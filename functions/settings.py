@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from contract.layout import DEFAULT_VARIANCE_TARGET
+from contract.layout import DEFAULT_PRECISION, DEFAULT_VARIANCE_TARGET, PRECISIONS
 
 LAUNCHERS = ("emr", "emr-serverless", "local")
 DEFAULT_LAUNCHER = "emr"
@@ -37,6 +37,14 @@ class Settings:
         The job's entry script (`s3://BUCKET/code/step.py` on AWS, a file path locally).
     warehouse_uri, weights_uri : str
         Passed through to the job as step arguments.
+    variance_target : float
+        The PCA's explained-variance target, passed to the job.
+    precision : str
+        One of `PRECISIONS`, passed to the job: fp32 is the feature contract; a store holds one
+        precision, so changing it needs a full recompute.
+    int8_model_uri : str, optional
+        With precision int8 only (and required by it): the s3:// prefix of the model `verger
+        quantize` made, staged with `python -m bootstrap.stage --int8-model DIR`.
     emr_cluster_id : str, optional
         An existing cluster to use; without it the stack's own cluster is found or created.
     max_attempts : int
@@ -53,6 +61,8 @@ class Settings:
     warehouse_uri: str
     weights_uri: str
     variance_target: float = DEFAULT_VARIANCE_TARGET
+    precision: str = DEFAULT_PRECISION
+    int8_model_uri: str | None = None
     max_images_per_manifest: int = DEFAULT_MAX_IMAGES_PER_MANIFEST
     emr_cluster_id: str | None = None
     emr_application_id: str | None = None
@@ -82,6 +92,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         warehouse_uri=_required(environ, "VERGER_WAREHOUSE_URI"),
         weights_uri=_required(environ, "VERGER_WEIGHTS_URI"),
         variance_target=_variance_target(environ),
+        precision=_precision(environ),
+        int8_model_uri=_int8_model_uri(environ),
         max_images_per_manifest=_max_images(environ),
         emr_cluster_id=_optional(environ, "VERGER_EMR_CLUSTER_ID"),
         emr_application_id=_optional(environ, "VERGER_EMR_APPLICATION_ID"),
@@ -95,6 +107,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         retention_days=_positive_int(environ, "VERGER_RETENTION_DAYS", DEFAULT_RETENTION_DAYS),
     )
     _require_launcher_settings(settings)
+    _require_int8_model_with_int8_only(settings)
     return settings
 
 
@@ -110,6 +123,19 @@ def _require_launcher_settings(settings: Settings) -> None:
     for name, value in needed.items():
         if not value:
             raise SettingsError(f"{name} is required when VERGER_LAUNCHER={settings.launcher}")
+
+
+def _require_int8_model_with_int8_only(settings: Settings) -> None:
+    if settings.precision == "int8" and not settings.int8_model_uri:
+        raise SettingsError(
+            "VERGER_INT8_MODEL_URI is required when VERGER_PRECISION=int8: int8 runs the model "
+            "`verger quantize` made, staged with `python -m bootstrap.stage --int8-model DIR`"
+        )
+    if settings.precision != "int8" and settings.int8_model_uri:
+        raise SettingsError(
+            f"VERGER_INT8_MODEL_URI is for VERGER_PRECISION=int8 only, not {settings.precision}: "
+            "unset it or set the precision to int8"
+        )
 
 
 def _optional(environ: Mapping[str, str], name: str) -> str | None:
@@ -135,6 +161,22 @@ def _variance_target(environ: Mapping[str, str]) -> float:
     if not 0.0 < value <= 1.0:
         raise SettingsError(f"VERGER_VARIANCE_TARGET={text!r} must be in (0, 1]")
     return value
+
+
+def _precision(environ: Mapping[str, str]) -> str:
+    precision = _optional(environ, "VERGER_PRECISION") or DEFAULT_PRECISION
+    if precision not in PRECISIONS:
+        raise SettingsError(
+            f"VERGER_PRECISION={precision!r} is not supported: expected one of {', '.join(PRECISIONS)}"
+        )
+    return precision
+
+
+def _int8_model_uri(environ: Mapping[str, str]) -> str | None:
+    uri = _optional(environ, "VERGER_INT8_MODEL_URI")
+    if uri is not None and not uri.startswith("s3://"):
+        raise SettingsError(f"VERGER_INT8_MODEL_URI={uri!r} must be an s3:// prefix (s3://BUCKET/models/int8-ID)")
+    return uri
 
 
 def _max_images(environ: Mapping[str, str]) -> int:

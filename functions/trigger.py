@@ -188,7 +188,8 @@ def launch_attempt(batch_id: str, settings: Settings, s3: Any, launcher: Launche
     try:
         launch = launcher.launch(
             batch_id,
-            step_arguments(uri, settings.warehouse_uri, settings.weights_uri, settings.variance_target),
+            step_arguments(uri, settings.warehouse_uri, settings.weights_uri, settings.variance_target,
+                           settings.precision, settings.int8_model_uri),
             attempt=attempt,
         )
     except BaseException:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PRECISIONS = ("fp32", "bf16", "int8", "auto")
-DEFAULT_PRECISION = "fp32"
+from contract.layout import DEFAULT_PRECISION, PRECISIONS
+
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # bf16 is native: it may be asked for
 FAST_BF16_FLAGS = ("amx_bf16",)  # bf16 is faster than fp32 here: auto picks it
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products in one instruction

@@ -12,6 +12,7 @@ import pytest
 
 from functions.app import handler
 from functions.cluster import find_live_cluster
+from functions.settings import load_settings
 from verger.embedded import complete_notifications, notification_configuration, sqs_event
 from verger.rehearsal import MOTO_CANNOT_CREATE, deploy
 
@@ -177,6 +178,24 @@ def test_with_the_notebook_option_the_stack_creates_its_policies_and_start_clust
     cluster = emr.describe_cluster(ClusterId=result["cluster_id"])["Cluster"]
     assert {"JupyterHub", "Livy", "Spark"} <= {a["Name"] for a in cluster["Applications"]}
     assert [s["Name"] for s in emr.list_steps(ClusterId=result["cluster_id"])["Steps"]] == ["notebook-login"]
+
+
+def test_a_stack_deployed_at_int8_hands_the_trigger_the_precision_and_the_staged_model(aws):
+    # GIVEN the stack deployed with Precision=int8 and the folder bootstrap.stage printed
+    deployed = deploy(STACK, BUCKET, {"Precision": "int8", "Int8ModelName": "int8-0a1b2c3d4e5f"})
+    assert deployed["status"] == "CREATE_COMPLETE"
+
+    # THEN the function's environment names both, and the trigger's settings take them for the job
+    environment = deployed["environment"]
+    assert environment["VERGER_PRECISION"] == "int8"
+    assert environment["VERGER_INT8_MODEL_URI"] == f"s3://{BUCKET}/models/int8-0a1b2c3d4e5f"
+    settings = load_settings({name: str(value) for name, value in environment.items()})  # as Lambda sets them
+    assert (settings.precision, settings.int8_model_uri) == ("int8", environment["VERGER_INT8_MODEL_URI"])
+
+
+def test_the_default_stack_runs_fp32_without_an_int8_model(stack):
+    assert stack["environment"]["VERGER_PRECISION"] == "fp32"
+    assert stack["environment"]["VERGER_INT8_MODEL_URI"] == ""
 
 
 def test_without_the_option_the_nodes_get_no_session_manager_permission(stack):

@@ -53,6 +53,43 @@ def test_s3_put_event_writes_a_manifest_with_the_decoded_key_and_adds_its_step(
     assert result["batches"][0]["batch_id"] == manifest["batch_id"]
 
 
+def test_the_default_stack_runs_each_step_at_fp32_without_an_int8_model(
+    template_env, cluster_id, lambda_context, load_event, cluster_steps
+):
+    # GIVEN the stack deployed with the default Precision (fp32)
+    assert template_env["VERGER_PRECISION"] == "fp32" and template_env["VERGER_INT8_MODEL_URI"] == ""
+
+    # WHEN a photo arrives
+    handler(load_event("s3-put.json"), lambda_context)
+
+    # THEN its step asks the job for fp32, the contract, and names no int8 model
+    [step] = cluster_steps(cluster_id)
+    assert step["Config"]["Args"][-2:] == ["--precision", "fp32"]
+    assert "--int8-model" not in step["Config"]["Args"]
+
+
+def test_a_stack_deployed_at_int8_runs_each_step_with_the_precision_and_the_staged_model(
+    template_environment, bucket, cluster_id, monkeypatch, lambda_context, load_event, stored_manifests, cluster_steps
+):
+    # GIVEN the stack deployed with Precision=int8 and the model staged as models/int8-<id>/
+    environment = template_environment({"BucketName": bucket, "ExistingClusterId": cluster_id,
+                                        "Precision": "int8", "Int8ModelName": "int8-0a1b2c3d4e5f"})
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+    # WHEN a photo arrives, and a full recompute (the run that switches a store to int8) is asked for
+    handler(load_event("s3-put.json"), lambda_context)
+    handler(load_event("full-recompute.json"), lambda_context)
+
+    # THEN both steps pass the job --precision int8 and the model's prefix, which the job downloads
+    manifest_keys = sorted(stored_manifests(BUCKET), key=lambda key: "full" in key)
+    args = [step["Config"]["Args"] for step in reversed(cluster_steps(cluster_id))]  # oldest first
+    assert len(args) == 2
+    for step_args in args:
+        assert step_args[-4:] == ["--precision", "int8", "--int8-model", f"s3://{BUCKET}/models/int8-0a1b2c3d4e5f"]
+    assert {a[a.index("--manifest") + 1] for a in args} == {f"s3://{BUCKET}/{key}" for key in manifest_keys}
+
+
 def test_sqs_batch_event_drops_what_is_not_an_upload_and_submits_the_rest_in_one_manifest(
     template_env, cluster_id, lambda_context, load_event, stored_manifests, cluster_steps
 ):

@@ -81,6 +81,25 @@ def test_a_step_that_fails_once_is_launched_again_and_its_photo_is_submitted_onc
     assert alerts() == []
 
 
+def test_a_failed_int8_step_is_launched_again_with_its_precision_and_model(
+    own_cluster_env, alerts, lambda_context, load_event, monkeypatch
+):
+    # GIVEN a stack deployed at int8, and a photo whose first step failed
+    model = f"s3://{BUCKET}/models/int8-0a1b2c3d4e5f"
+    monkeypatch.setenv("VERGER_PRECISION", "int8")
+    monkeypatch.setenv("VERGER_INT8_MODEL_URI", model)
+    upload_and_submit(lambda_context, load_event)
+    [first] = steps(own_cluster_env)
+
+    # WHEN EMR reports the failure
+    handler(step_failed(load_event, first), lambda_context)
+
+    # THEN attempt 2 runs at int8 with the same model, like the first
+    second = steps(own_cluster_env)[1]
+    assert second["Config"]["Args"][-4:] == ["--precision", "int8", "--int8-model", model]
+    assert second["Config"]["Args"] == first["Config"]["Args"]
+
+
 @pytest.mark.parametrize("state", ["FAILED", "CANCELLED", "INTERRUPTED"])
 def test_a_duplicate_eventbridge_event_adds_no_attempt(own_cluster_env, alerts, lambda_context, load_event, state):
     # GIVEN a failed first step, already relaunched once

@@ -11,6 +11,7 @@ import pytest
 
 from bootstrap import stage
 from contract import layout
+from emr_job.engines.int8_model import MODEL_FILES
 from emr_job.upkeep import DEFAULT_RETENTION
 from functions.settings import DEFAULT_RETENTION_DAYS
 
@@ -304,7 +305,8 @@ def test_function_environment_sets_every_variable_the_trigger_reads(template, tr
     assert names == {
         "VERGER_BUCKET", "VERGER_LAUNCHER", "VERGER_EMR_CLUSTER_ID", "VERGER_EMR_APPLICATION_ID",
         "VERGER_EMR_JOB_ROLE_ARN", "VERGER_JOB_ENTRYPOINT", "VERGER_WAREHOUSE_URI", "VERGER_WEIGHTS_URI",
-        "VERGER_VARIANCE_TARGET", "VERGER_MAX_IMAGES_PER_MANIFEST", "VERGER_MAX_ATTEMPTS",
+        "VERGER_VARIANCE_TARGET", "VERGER_PRECISION", "VERGER_INT8_MODEL_URI", "VERGER_MAX_IMAGES_PER_MANIFEST",
+        "VERGER_MAX_ATTEMPTS",
         "VERGER_RECONCILE_GRACE_MINUTES", "VERGER_RETENTION_DAYS", "VERGER_ALERT_TOPIC_ARN",
         "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL",
     } | cluster
@@ -324,6 +326,42 @@ def test_launcher_and_variance_come_from_parameters_with_agreed_defaults(templat
     assert env["VERGER_VARIANCE_TARGET"] == {"Ref": "VarianceTarget"}
     assert float(template["Parameters"]["VarianceTarget"]["Default"]) == layout.DEFAULT_VARIANCE_TARGET
     assert template["Parameters"]["MaxImagesPerManifest"]["Default"] == 5000
+
+
+def test_precision_comes_from_a_parameter_offering_the_jobs_choices_with_the_contract_as_default(template, trigger):
+    env = trigger["Environment"]["Variables"]
+    assert env["VERGER_PRECISION"] == {"Ref": "Precision"}
+    parameter = template["Parameters"]["Precision"]
+    assert tuple(parameter["AllowedValues"]) == layout.PRECISIONS
+    assert parameter["Default"] == layout.DEFAULT_PRECISION == "fp32"
+
+
+def test_the_int8_model_uri_names_the_staged_folder_under_models_or_is_empty(template, trigger):
+    # GIVEN the variable the trigger passes to the job as --int8-model
+    env = trigger["Environment"]["Variables"]
+    condition, given, absent = env["VERGER_INT8_MODEL_URI"]["Fn::If"]
+    # THEN it is the folder staging uploads (models/<name>) when a name is given, and empty by default
+    assert condition == "HasInt8Model" and absent == ""
+    assert text(given) == f"s3://${{BucketName}}/{stage.MODELS_PREFIX}${{Int8ModelName}}"
+    assert template["Conditions"]["HasInt8Model"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "Int8ModelName"}, ""]}]}
+    parameter = template["Parameters"]["Int8ModelName"]
+    assert parameter["Default"] == ""
+    # and a name is accepted exactly when it is one `verger quantize` writes and staging uploads
+    pattern = re.compile(parameter["AllowedPattern"])
+    assert pattern.fullmatch("")
+    for name in ("int8-0a1b2c3d4e5f", "int8-0A1B2C3D4E5F", "int8-0a1b", "../code", "int8-0a1b2c3d4e5f/x"):
+        assert bool(pattern.fullmatch(name)) == bool(stage.INT8_MODEL_NAME.fullmatch(name)) == (name == "int8-0a1b2c3d4e5f")
+
+
+def test_int8_and_its_model_name_are_given_together_at_deploy_time(template):
+    # GIVEN the rules CloudFormation checks before it changes the stack
+    needs_model = template["Rules"]["Int8NeedsItsModel"]
+    only_with_int8 = template["Rules"]["Int8ModelOnlyWithInt8"]
+    # THEN Precision=int8 needs Int8ModelName, and Int8ModelName needs Precision=int8
+    assert needs_model["RuleCondition"] == {"Fn::Equals": [{"Ref": "Precision"}, "int8"]}
+    assert [a["Assert"] for a in needs_model["Assertions"]] == [{"Fn::Not": [{"Fn::Equals": [{"Ref": "Int8ModelName"}, ""]}]}]
+    assert only_with_int8["RuleCondition"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "Int8ModelName"}, ""]}]}
+    assert [a["Assert"] for a in only_with_int8["Assertions"]] == [{"Fn::Equals": [{"Ref": "Precision"}, "int8"]}]
 
 
 def test_queue_events_report_batch_item_failures_with_a_window_parameter(trigger):
@@ -464,6 +502,13 @@ def test_job_reads_its_inputs_and_writes_only_warehouse_and_suggestions(job_stat
               and {"s3:PutObject", "s3:DeleteObject"} & set(as_list(s["Action"]))]
     assert resources_of(writes) == {bucket_arn(f"/{p}*") for p in JOB_WRITES}
     assert resources_of(allowed(job_statements, "s3:GetObject")) == {bucket_arn(f"/{p}*") for p in JOB_READS}
+
+
+def test_job_reads_the_weights_and_every_file_of_a_staged_int8_model(job_statements):
+    # GIVEN the objects the job fetches from models/: the weights and an int8 model's folder
+    staged = [stage.WEIGHTS_KEY, *(f"{stage.MODELS_PREFIX}int8-0a1b2c3d4e5f/{name}" for name in MODEL_FILES)]
+    # THEN the job's policy (on the cluster's nodes and the Serverless job role) lets it read each
+    assert all(grants(job_statements, "s3:GetObject", bucket_arn(f"/{key}")) for key in staged)
 
 
 @pytest.mark.parametrize("action", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"])
