@@ -1,4 +1,5 @@
-"""The EMR step: `spark-submit step.py --manifest URI --warehouse URI --weights URI --variance V`.
+"""The EMR step: `spark-submit step.py --manifest URI --warehouse URI --weights URI --variance V
+--precision P [--int8-model URI]`.
 
 The arguments (named in contract.layout.StepArgs) mean the same on EMR, EMR Serverless and locally.
 """
