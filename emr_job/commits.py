@@ -48,8 +48,7 @@ def commit_extraction(catalog, manifest: Manifest, feature_files: list[str], qua
     """Register the batch's written files; `replaced` maps the keys re-extracted over an older
     stored version to their new etag, `transient` names the keys whose fetch failed transiently
     (they keep their stored row, so they are no replacement)."""
-    features_table = store.load_table(catalog, layout.FEATURES_TABLE)
-    check_feature_version(features_table, feature_version, manifest.mode)
+    check_feature_version(store.load_table(catalog, layout.FEATURES_TABLE), feature_version, manifest.mode)
     failed = set(transient)
     replaced = {key: etag for key, etag in replaced.items() if key not in failed}
     store.commit_files(catalog, layout.QUARANTINE_TABLE, quarantine_files, manifest.batch_id)
@@ -57,11 +56,31 @@ def commit_extraction(catalog, manifest: Manifest, feature_files: list[str], qua
         superseded = erasure_filter([], replaced)
         for name in DERIVED_TABLES:
             store.commit_files(catalog, name, [], manifest.batch_id, delete_filter=superseded)
-    switching = stored_feature_version(features_table) not in (None, feature_version)
+
+    def check(table) -> None:
+        check_feature_version(table, feature_version, manifest.mode)
+        if manifest.mode == "full" and switches(table, feature_version) and has_rows_since(table, ingested_at):
+            raise FeatureVersionMismatch(
+                f"rows of version {stored_feature_version(table)} were committed while this full recompute "
+                f"switched the store to {feature_version}: run the full recompute again (it lists them)")
+
+    # decided at each commit attempt, against the table as it is then (a concurrent switch included)
     store.commit_files(catalog, layout.FEATURES_TABLE, feature_files, manifest.batch_id,
-                       delete_filter=features_delete_filter(manifest, replaced, transient, ingested_at, switching),
-                       properties={layout.FEATURE_VERSION_PROPERTY: feature_version},
-                       check=lambda table: check_feature_version(table, feature_version, manifest.mode))
+                       properties={layout.FEATURE_VERSION_PROPERTY: feature_version}, check=check,
+                       delete_filter_for=lambda table: features_delete_filter(
+                           manifest, replaced, transient, ingested_at, switches(table, feature_version)))
+
+
+def switches(table, feature_version: str) -> bool:
+    return stored_feature_version(table) not in (None, feature_version)
+
+
+def has_rows_since(table, ingested_at: str) -> bool:
+    """Whether a batch committed rows after `ingested_at` (this run's start)."""
+    from pyiceberg.expressions import GreaterThanOrEqual
+
+    return table.scan(row_filter=GreaterThanOrEqual("ingested_at", ingested_at), selected_fields=("image_key",),
+                      limit=1).to_arrow().num_rows > 0
 
 
 def features_delete_filter(manifest: Manifest, replaced: dict[str, str], transient: list[str], ingested_at: str,
@@ -71,9 +90,9 @@ def features_delete_filter(manifest: Manifest, replaced: dict[str, str], transie
     Incremental and sweep: the previous versions of the keys re-extracted. Full: every row older
     than this run's start except those of transient failures, so a photo keeps its row when its
     re-fetch fails, and rows an incremental batch committed after the listing (younger) stay. A
-    full recompute that switches the feature version drops every row: a kept one would be of the
-    old version (the photos whose fetch failed stay quarantined as transient, so a later batch
-    extracts them again).
+    full recompute that switches the feature version drops every row, since a kept one would be
+    of the old version: the photos whose re-fetch failed stay quarantined as transient failures,
+    which the next sweep extracts again (and younger rows refuse the commit, in its check).
     """
     from pyiceberg.expressions import AlwaysTrue, And, LessThan, Not
 

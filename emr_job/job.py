@@ -40,13 +40,13 @@ def run_manifest(spark: SparkSession, manifest: Manifest, settings: JobSettings)
     """
     started = time.perf_counter()
     ingested_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-    # a listing batch (always extracted in the executors) has their model loaded while it is planned
-    loader = warmup.model_loader(spark, settings) if manifest.mode in LISTING_MODES else None
-    warming = None if loader is None else warmup.start(spark, loader)
     catalog = store.open_catalog(settings.warehouse)
     feature_version = settings.feature_version
     # before any work: features of another version would fail the commit after the extraction
     check_feature_version(store.load_table(catalog, layout.FEATURES_TABLE), feature_version, manifest.mode)
+    # a listing batch (always extracted in the executors) has their model loaded while it is planned
+    loader = warmup.model_loader(spark, settings) if manifest.mode in LISTING_MODES else None
+    warming = None if loader is None else warmup.start(spark, loader)
     report: dict = {"batch_id": manifest.batch_id, "mode": manifest.mode, "source": manifest.source,
                     "ingested_at": ingested_at, "seconds": {},
                     "engine": {"name": settings.engine, "precision": settings.precision,

@@ -24,18 +24,22 @@ from emr_job.settings import JobSettings
 def apply_pca(spark, catalog, manifest, settings, keys: list[str] | None, fresh: DataFrame | None = None,
               fresh_pairs: frozenset[tuple[str, str]] = frozenset(),
               on_driver: dict[tuple[str, str], np.ndarray] | None = None) -> dict:
-    """Refit (full mode, or no model yet) or project the rows of the batch's `keys` (None: every
-    key) that have no projection under the current model; `fresh` holds the rows this run just
-    extracted (`fresh_pairs` their (image_key, etag) for a keyed batch), so their features need
-    not be read back. `on_driver` (a small batch extracted in the driver: its features) projects
-    in the driver, with no Spark job."""
-    stored = store.row_count(store.load_table(catalog, layout.FEATURES_TABLE))
+    """Refit (full mode, no model yet, or a model of other features than the store's) or project
+    the rows of the batch's `keys` (None: every key) that have no projection under the current
+    model; `fresh` holds the rows this run just extracted (`fresh_pairs` their (image_key, etag)
+    for a keyed batch), so their features need not be read back. `on_driver` (a small batch
+    extracted in the driver: its features) projects in the driver, with no Spark job."""
+    table = store.load_table(catalog, layout.FEATURES_TABLE)
+    stored = store.row_count(table)
     if stored < 2:
         return {"action": "none", "reason": f"{stored} feature row(s) stored: a PCA needs at least 2"}
     version = current_pca_version(catalog)
     if manifest.mode == "full" or version is None:
         return refit(spark, catalog, settings, manifest.batch_id)
     model = pca.load(store.warehouse_root(settings.warehouse), version)
+    if model.feature_version != stored_feature_version(table):
+        # a switching full recompute killed between its features commit and its refit
+        return refit(spark, catalog, settings, manifest.batch_id)
     if on_driver is not None:
         count, total_sq, captured_sq = project_on_driver(catalog, manifest.batch_id, settings.warehouse, model,
                                                          keys, on_driver)
@@ -129,7 +133,9 @@ def refit(spark, catalog, settings: JobSettings, batch_id: str = "refit") -> dic
     switch both pointers in one commit: on the driver for a small store (`driver_refit`), in Spark
     otherwise."""
     table = store.load_table(catalog, layout.FEATURES_TABLE)
-    version = stored_feature_version(table) or layout.FEATURE_VERSION
+    if store.row_count(table) < 2:
+        raise ValueError(f"{store.row_count(table)} feature row(s) stored: a PCA needs at least 2")
+    version = stored_feature_version(table)
     if driver_refit.fits_on_driver(table):
         model, fitted, project_seconds = driver_refit.refit_on_driver(catalog, table, settings.warehouse,
                                                                       settings.variance, version, batch_id)

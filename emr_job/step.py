@@ -35,7 +35,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from contract.manifest import ManifestError, parse_manifest
-    from emr_job import blobs
+    from contract import layout
+    from emr_job import blobs, store
+    from emr_job.commits import check_feature_version
     from emr_job.engines import check_precision
     from emr_job.engines.precision import choose_here
     from emr_job.engines.weights_file import WeightsError
@@ -54,11 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         check_precision(args.engine, precision.precision)
         weights = resolve_weights(args.weights)
         int8_model = resolve_int8_model(args.int8_model, precision.precision, weights)
+        settings = JobSettings(warehouse=args.warehouse, weights_path=weights, variance=args.variance,
+                               engine=args.engine, precision=precision.precision, int8_model=int8_model)
+        features = store.load_table(store.open_catalog(args.warehouse), layout.FEATURES_TABLE)
+        check_feature_version(features, settings.feature_version, manifest.mode)  # before Spark starts
     except (WeightsError, OSError, ValueError) as error:
         return refused(error)
     print(f"verger step: precision {precision.precision} ({precision.reason})", file=sys.stderr)
-    settings = JobSettings(warehouse=args.warehouse, weights_path=weights, variance=args.variance,
-                           engine=args.engine, precision=precision.precision, int8_model=int8_model)
     report = run_manifest(get_session(f"verger-{manifest.batch_id}"), manifest, settings)
     print(json.dumps(report, indent=1))
     return 0

@@ -192,11 +192,13 @@ def commit_files(
     properties: dict[str, str] | None = None,
     delete_filter=None,
     check: Callable[[object], None] | None = None,
+    delete_filter_for: Callable[[object], object] | None = None,
 ) -> None:
     """Register Parquet files in one atomic commit. In the same commit, `replace` drops every live
     row and `delete_filter` (an Iceberg expression) the rows it matches: files holding only such
     rows leave the snapshot, files holding some are rewritten without them. `check` sees the table
-    as it is before each attempt and may refuse the commit by raising."""
+    as it is before each attempt and may refuse the commit by raising; `delete_filter_for`, given
+    the same table, decides the delete filter of that attempt."""
     from pyiceberg.exceptions import CommitFailedException
     from pyiceberg.expressions import AlwaysTrue
 
@@ -219,6 +221,8 @@ def commit_files(
             return
         if check is not None:
             check(table)
+        if delete_filter_for is not None:
+            delete_filter = delete_filter_for(table)
         try:
             with table.transaction() as transaction:
                 if delete_filter is not None and table.current_snapshot() is not None:

@@ -21,6 +21,7 @@ from pyspark import InheritableThread, SparkFiles
 from pyspark.sql import SparkSession
 
 from emr_job.engines import Extractor, load_extractor
+from emr_job.engines.int8_model import MODEL_FILES, MODEL_XML
 from emr_job.settings import JobSettings
 
 
@@ -30,14 +31,15 @@ def model_loader(spark: SparkSession, settings: JobSettings) -> Callable[[], Ext
     weights_name = os.path.basename(settings.weights_path)
     threads = int(spark.conf.get("spark.task.cpus", "1"))
     engine, precision = settings.engine, settings.precision
-    model_name = None
-    if precision == "int8" and settings.int8_model:
-        spark.sparkContext.addFile(settings.int8_model, recursive=True)
-        model_name = os.path.basename(os.path.normpath(settings.int8_model))
+    shipped_int8 = precision == "int8" and settings.int8_model
+    if shipped_int8:
+        # file by file: Spark ships a local folder only to a local master (UNSUPPORTED_ADD_FILE.LOCAL_DIRECTORY)
+        for name in MODEL_FILES:
+            spark.sparkContext.addFile(os.path.join(settings.int8_model, name))
 
     def loader() -> Extractor:
         return load_extractor(SparkFiles.get(weights_name), engine, threads, precision=precision,
-                              int8_model=model_name and SparkFiles.get(model_name))
+                              int8_model=os.path.dirname(SparkFiles.get(MODEL_XML)) if shipped_int8 else None)
 
     return loader
 

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from emr_job.engines import default_cache_dir, weights_sha256
-from emr_job.engines.int8_model import CALIBRATION_JSON, MODEL_XML, Int8Model, calibration_record, int8_model_id, \
+from emr_job.engines.int8_model import CALIBRATION_JSON, MODEL_XML, Int8Model, Int8ModelError, calibration_record, \
     read_int8_model
 from emr_job.folders import list_image_keys
 from emr_job.images import preprocess
@@ -43,6 +43,8 @@ def calibration_keys(keys: list[str], count: int) -> list[str]:
     >>> calibration_keys(keys, 4)
     ['A/3_100.jpg', 'A/6_100.jpg', 'B/1.jpg', 'B/2.jpg']
     """
+    if not keys:
+        raise ValueError("no photos to calibrate on")
     series, _ = series_and_frames(np.array([key.rsplit("/", 1)[-1] for key in keys], object))
     plain = [key for key, name in zip(keys, series) if name == ""] or list(keys)
     by_label: dict[str, list[str]] = {}
@@ -53,23 +55,27 @@ def calibration_keys(keys: list[str], count: int) -> list[str]:
     chosen = []
     for position, label in enumerate(labels):
         names = by_label[label]
-        wanted = min(len(names), base + (position < extra))
-        chosen += [names[index] for index in np.linspace(0, len(names) - 1, wanted + 2)[1:-1].round().astype(int)]
+        wanted = base + (position < extra)
+        if wanted >= len(names):
+            chosen += names
+        else:
+            chosen += [names[index] for index in np.linspace(0, len(names) - 1, wanted + 2)[1:-1].round().astype(int)]
     return chosen
 
 
 def quantize(images_dir: str, weights_path: str, out_dir: str, photos: int = DEFAULT_PHOTOS) -> Int8Model:
     """Quantize the converted graph of `weights_path` on photos of `images_dir` into
-    out_dir/int8-<id>/ (kept as it is when a model of that id is already there)."""
+    out_dir/int8-<id>/ (an identical model already there is kept)."""
     import nncf
     import openvino as ov
 
     from emr_job.engines.onnx_runtime import onnx_model_path
 
     root = os.path.abspath(images_dir)
-    keys = calibration_keys(list_image_keys(root), photos)
+    keys = list_image_keys(root)
     if not keys:
         raise ValueError(f"no photos to calibrate on in {images_dir}")
+    keys = calibration_keys(keys, photos)
     contents = {key: open(os.path.join(root, key), "rb").read() for key in keys}
     pixels = {key: preprocess(content) for key, content in contents.items()}
     usable = {key: array for key, array in pixels.items() if isinstance(array, np.ndarray)}
@@ -78,9 +84,6 @@ def quantize(images_dir: str, weights_path: str, out_dir: str, photos: int = DEF
     sha = weights_sha256(weights_path)
     digests = {key: hashlib.sha256(contents[key]).hexdigest() for key in usable}
     settings = {**SETTINGS, "nncf": nncf.__version__, "openvino": ov.__version__}
-    target = os.path.join(out_dir, f"int8-{int8_model_id(sha, digests, settings)}")
-    if os.path.isfile(os.path.join(target, CALIBRATION_JSON)):
-        return read_int8_model(target)
     began = time.perf_counter()
     model = ov.convert_model(onnx_model_path(weights_path, sha, default_cache_dir()))
     batches = nncf.Dataset([array[None] for array in usable.values()])
@@ -93,7 +96,13 @@ def quantize(images_dir: str, weights_path: str, out_dir: str, photos: int = DEF
     record["quantize_seconds"] = round(time.perf_counter() - began, 1)
     with open(os.path.join(staging, CALIBRATION_JSON), "w", encoding="utf-8") as file:
         json.dump(record, file, indent=1)
-    if os.path.isdir(target):  # an interrupted earlier attempt
-        shutil.rmtree(target)
+    target = os.path.join(out_dir, f"int8-{record['model_id']}")
+    if os.path.isdir(target):  # the same model made before (kept), or an interrupted copy (replaced)
+        try:
+            model = read_int8_model(target)
+            shutil.rmtree(staging)
+            return model
+        except Int8ModelError:
+            shutil.rmtree(target)
     os.replace(staging, target)
     return read_int8_model(target)

@@ -3,9 +3,10 @@
 Post-training quantization fixes each activation's int8 range from a set of calibration photos,
 so an int8 feature depends on those photos as much as on the weights. The model therefore travels
 as one folder (model.xml, model.bin, calibration.json). calibration.json names the weights, the
-calibration photos with their sha256 and the quantization settings; the model's id, a hash of
-those, is part of the feature version of every row the model extracts, and the files' own sha256
-are checked before the model is used.
+calibration photos with their sha256, the quantization settings and the model files' sha256; the
+model's id, a hash of all of those, is part of the feature version of every row the model
+extracts (two quantizations that came out different are two versions), and the files are checked
+against it before the model is used.
 """
 from __future__ import annotations
 
@@ -35,18 +36,20 @@ class Int8Model:
         return os.path.join(self.folder, MODEL_XML)
 
 
-def int8_model_id(weights_sha256: str, photos: dict[str, str], settings: dict) -> str:
-    """12 hex digits naming (weights, calibration photos' contents, settings): what the int8
-    ranges are made of. Photo names do not count, their bytes do.
+def int8_model_id(weights_sha256: str, photos: dict[str, str], settings: dict, files: dict[str, str]) -> str:
+    """12 hex digits naming (weights, calibration photos' contents, settings, model files): what
+    the int8 model is made of and what came out. Photo names do not count, their bytes do.
 
     Examples
     --------
-    >>> a = int8_model_id("ab" * 32, {"x.jpg": "01" * 32}, {"preset": "performance"})
-    >>> a == int8_model_id("ab" * 32, {"renamed.jpg": "01" * 32}, {"preset": "performance"}), len(a)
-    (True, 12)
+    >>> a = int8_model_id("ab" * 32, {"x.jpg": "01" * 32}, {"preset": "performance"}, {"model.bin": "02" * 32})
+    >>> a == int8_model_id("ab" * 32, {"renamed.jpg": "01" * 32}, {"preset": "performance"}, {"model.bin": "02" * 32})
+    True
+    >>> a == int8_model_id("ab" * 32, {"x.jpg": "01" * 32}, {"preset": "performance"}, {"model.bin": "03" * 32})
+    False
     """
     canonical = json.dumps({"weights_sha256": weights_sha256, "photos": sorted(photos.values()),
-                            "settings": settings}, sort_keys=True)
+                            "settings": settings, "files": files}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
@@ -60,9 +63,9 @@ def file_sha256(path: str) -> str:
 
 def calibration_record(weights_sha256: str, photos: dict[str, str], settings: dict, folder: str) -> dict:
     """What calibration.json holds for the model files already saved in `folder`."""
-    return {"model_id": int8_model_id(weights_sha256, photos, settings), "weights_sha256": weights_sha256,
-            "settings": settings, "photos": dict(sorted(photos.items())),
-            "files": {name: file_sha256(os.path.join(folder, name)) for name in (MODEL_XML, MODEL_BIN)}}
+    files = {name: file_sha256(os.path.join(folder, name)) for name in (MODEL_XML, MODEL_BIN)}
+    return {"model_id": int8_model_id(weights_sha256, photos, settings, files), "weights_sha256": weights_sha256,
+            "settings": settings, "photos": dict(sorted(photos.items())), "files": files}
 
 
 def read_int8_model(folder: str) -> Int8Model:
@@ -74,7 +77,7 @@ def read_int8_model(folder: str) -> Int8Model:
     try:
         with open(os.path.join(folder, CALIBRATION_JSON), encoding="utf-8") as file:
             record = json.load(file)
-        expected_id = int8_model_id(record["weights_sha256"], record["photos"], record["settings"])
+        expected_id = int8_model_id(record["weights_sha256"], record["photos"], record["settings"], record["files"])
         recorded_files = record["files"]
         model_id = record["model_id"]
     except (ValueError, KeyError, TypeError) as error:

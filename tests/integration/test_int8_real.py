@@ -90,3 +90,22 @@ def test_an_int8_store_refuses_fp32_batches_until_a_full_recompute_switches_it(
     assert stored_feature_version(store.load_table(catalog, layout.FEATURES_TABLE)) == layout.FEATURE_VERSION
     assert len(key_reads.current_versions(catalog, sorted(str(p.relative_to(images)) for p in images.rglob("*.jpg")))) == 21
     assert run_manifest(spark, manifest_for_folder(str(images)), JobSettings(warehouse, weights))["images"]["new"] == 0
+
+
+def test_a_switch_killed_before_its_refit_is_finished_by_the_next_batch_not_projected_with_the_old_pca(
+        spark, fruits, weights, int8_model, tmp_path, monkeypatch):
+    # GIVEN an int8 store, switched to fp32 by a full recompute killed after its features commit
+    images, warehouse = tmp_path / "images", str(tmp_path / "wh")
+    copy_photos(fruits, images, LABELS[:3], 4, "")
+    run_manifest(spark, manifest_for_folder(str(images)),
+                 JobSettings(warehouse, weights, precision="int8", int8_model=int8_model.folder))
+    with monkeypatch.context() as patch:
+        patch.setattr("emr_job.projections.refit", lambda *_: (_ for _ in ()).throw(RuntimeError("killed")))
+        with pytest.raises(RuntimeError, match="killed"):
+            run_manifest(spark, manifest_for_folder(str(images), "full"), JobSettings(warehouse, weights))
+    # WHEN the next fp32 batch comes
+    copy_photos(fruits, images, LABELS[3:4], 2, "")
+    report = run_manifest(spark, manifest_for_folder(str(images)), JobSettings(warehouse, weights))
+    # THEN it refits on the fp32 features rather than projecting them with the int8 PCA
+    assert report["images"]["new"] == 2
+    assert report["pca"]["action"] == "refit" and report["pca"]["feature_version"] == layout.FEATURE_VERSION

@@ -51,16 +51,31 @@ def test_the_first_commit_records_its_feature_version_and_a_batch_of_another_is_
 
 
 def test_a_full_recompute_at_another_version_switches_the_store_and_keeps_no_row_of_the_old_one(tmp_path):
-    # GIVEN fp32 rows a (its re-fetch will fail transiently) and c (committed after the full run's listing)
+    # GIVEN an fp32 row a, whose re-fetch will fail transiently
+    warehouse = str(tmp_path / "wh")
+    catalog = store.open_catalog(warehouse)
+    commit(catalog, warehouse, "incremental", ["raw/A/a.jpg"], layout.FEATURE_VERSION, "2026-01-01")
+    # WHEN a full recompute that began on 01-02 commits b at int8
+    commit(catalog, warehouse, "full", ["raw/A/b.jpg"], INT8, "2026-01-02", transient=["raw/A/a.jpg"])
+    # THEN the store is int8 and holds b only: a kept fp32 row would share the int8 PCA
+    assert stored_feature_version(features_table(catalog)) == INT8
+    assert stored_keys(catalog) == ["raw/A/b.jpg"]
+
+
+def test_a_switching_full_recompute_refuses_to_drop_rows_committed_after_its_listing(tmp_path):
+    # GIVEN an fp32 row c committed on 01-03, after a switching full recompute began on 01-02
     warehouse = str(tmp_path / "wh")
     catalog = store.open_catalog(warehouse)
     commit(catalog, warehouse, "incremental", ["raw/A/a.jpg"], layout.FEATURE_VERSION, "2026-01-01")
     commit(catalog, warehouse, "incremental", ["raw/A/c.jpg"], layout.FEATURE_VERSION, "2026-01-03")
-    # WHEN a full recompute that began on 01-02 commits b at int8
-    commit(catalog, warehouse, "full", ["raw/A/b.jpg"], INT8, "2026-01-02", transient=["raw/A/a.jpg"])
-    # THEN the store is int8 and holds b only: a kept or younger fp32 row would share the int8 PCA
+    # WHEN it commits THEN it is refused (c's photo would be left with neither row nor reason)
+    with pytest.raises(FeatureVersionMismatch, match="committed while this full recompute switched.*again"):
+        commit(catalog, warehouse, "full", ["raw/A/b.jpg"], INT8, "2026-01-02")
+    assert stored_keys(catalog) == ["raw/A/a.jpg", "raw/A/c.jpg"]
+    # AND run again (a later start, whose listing holds c), it switches the store
+    commit(catalog, warehouse, "full", ["raw/A/a.jpg", "raw/A/b.jpg", "raw/A/c.jpg"], INT8, "2026-01-04")
     assert stored_feature_version(features_table(catalog)) == INT8
-    assert stored_keys(catalog) == ["raw/A/b.jpg"]
+    assert stored_keys(catalog) == ["raw/A/a.jpg", "raw/A/b.jpg", "raw/A/c.jpg"]
 
 
 def test_a_full_recompute_at_the_same_version_keeps_transient_failures_and_younger_rows(tmp_path):

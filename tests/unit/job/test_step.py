@@ -61,3 +61,28 @@ def test_weights_staged_without_a_checksum_are_refused_with_how_to_stage_them(bu
         resolve_weights("s3://verger-test/models/w.h5")
     # AND nothing was downloaded into the cache
     assert not (tmp_path / "cache" / "weights").exists()
+
+
+def test_a_batch_of_another_feature_version_than_the_store_is_refused_before_spark_starts(tmp_path, capsys,
+                                                                                          monkeypatch):
+    from contract import layout
+    from emr_job import store
+    from emr_job.engines import weights_sha256
+    from tests.unit.job.test_feature_version import commit
+    from tests.unit.job.test_int8_model import save_model
+    from tests.unit.test_engines import write_keras_weights, expected_layer_shapes
+
+    # GIVEN an fp32 store, and an int8 model of valid weights
+    warehouse = str(tmp_path / "wh")
+    commit(store.open_catalog(warehouse), warehouse, "incremental", ["raw/A/a.jpg"], layout.FEATURE_VERSION,
+           "2026-01-01")
+    weights = write_keras_weights(tmp_path / "w.h5", expected_layer_shapes())
+    save_model(tmp_path / "int8-tiny", weights_sha256(weights))
+    manifest = tmp_path / "m.json"
+    manifest.write_text(build_manifest("incremental", f"file://{tmp_path}", []).to_json())
+    monkeypatch.setattr("emr_job.session.get_session", lambda *_: pytest.fail("Spark started"))
+    # WHEN an int8 step runs on it THEN it is refused, naming both versions, with Spark never started
+    code = main(["--manifest", f"file://{manifest}", "--warehouse", warehouse, "--weights", weights,
+                 "--precision", "int8", "--int8-model", str(tmp_path / "int8-tiny")])
+    assert code == 2
+    assert f"holds features of version {layout.FEATURE_VERSION}; this batch would add" in capsys.readouterr().err
