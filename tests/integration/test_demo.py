@@ -43,7 +43,8 @@ def demo(tmp_path_factory, fruits, weights):
     # photo of each of 3 labels moved to the inbox, and the first-wave frame next to each deleted later
     options = DemoOptions(images=images, warehouse=warehouse, weights=weights, second_wave_share=0.2)
     # WHEN the demo runs every phase, then `verger run` on the same photos
-    result = run_demo(options, Console(open(os.devnull, "w"), None))
+    with open(tmp_path_factory.getbasetemp() / "demo-screen.txt", "w", encoding="utf-8") as screen:
+        result = run_demo(options, Console(screen, None))
     phases = {phase.name: phase for phase in result.phases}
     return result, phases, warehouse, endpoint_before
 
@@ -117,6 +118,13 @@ def test_deleted_photos_leave_the_store_in_one_batch_that_extracts_nothing(demo)
     # and the full recompute that follows lists the bucket: they do not come back
     stored = set(map_points(warehouse)["image_key"])
     assert not stored & {f"raw/{key}" for key in result.plan.deleted}
+
+
+def test_the_full_recompute_bar_counts_the_photos_its_step_re_extracted(demo, tmp_path_factory):
+    # its manifest names no photo (the job lists the bucket), so the count comes from the step's report
+    screen = (tmp_path_factory.getbasetemp() / "demo-screen.txt").read_text(encoding="utf-8")
+    bars = [line for line in screen.replace("\r", "\n").splitlines() if line.startswith("full recompute")]
+    assert "147/147 img" in bars[-1]
 
 
 def test_full_recompute_reextracts_everything_under_a_new_pca_version(demo):

@@ -284,11 +284,15 @@ class EmbeddedRun:
 
     def full_recompute(self, photos: int) -> Phase:
         """Invoke the handler with events/full-recompute.json, as `aws lambda invoke` would."""
+        from verger.report import batch_report
+
         started = time.perf_counter()
         with progress(self.screen, RECOMPUTE, photos) as bar:
             bar.set_postfix_str("one manifest of every photo, one Spark step")
             submission = self.invoke(json.loads(FULL_RECOMPUTE_EVENT.read_text(encoding="utf-8")))
-            bar.update(submission["images"])
+            # its manifest names no photo (the job lists the bucket): the step's report counts them
+            images = batch_report(self.options.warehouse, submission["batch_id"])["images"]
+            bar.update(images["new"] + images["quarantined"])
         seconds = time.perf_counter() - started
         phase = Phase(RECOMPUTE, PURPOSES[RECOMPUTE], records=1, invocations=1,
                       batch_ids=[submission["batch_id"]], seconds=seconds,
