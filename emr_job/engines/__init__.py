@@ -16,7 +16,6 @@ choice to the runtime (all cores): fine for one process, wrong next to other wor
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from contract.layout import FEATURE_DIM, INPUT_SIZE
-from emr_job.engines.int8_model import MODEL_BIN, Int8Model, check_made_from, read_int8_model
+from emr_job.engines.int8_model import MODEL_BIN, Int8Model, check_made_from, file_sha256, read_int8_model
 from emr_job.engines.precision import DEFAULT_PRECISION, cpu_flags, choose_precision
 from emr_job.engines.weights_file import WeightsError, validate_weights
 
@@ -54,11 +53,7 @@ def _file_identity(path: str) -> tuple[int, int]:
 
 def weights_sha256(path: str) -> str:
     """Hex sha256 of the weights file: the key of every cached conversion and loaded model."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def default_cache_dir() -> str:
@@ -126,8 +121,9 @@ def load_extractor(
         return _loaded[_seen[seen]]
     check_precision(engine, precision)
     validate_weights(weights_path)
-    quantized = _checked_int8_model(model_folder, weights_path) if precision == "int8" else None
-    key = (weights_sha256(weights_path), engine, threads, precision, quantized and quantized.model_id)
+    sha = weights_sha256(weights_path)
+    quantized = _checked_int8_model(model_folder, sha) if precision == "int8" else None
+    key = (sha, engine, threads, precision, quantized and quantized.model_id)
     with _load_lock:
         if key not in _loaded:
             options = _BuildOptions(
@@ -173,11 +169,11 @@ def check_precision(engine: str, precision: str) -> None:
         choose_precision("bf16", cpu_flags())  # this worker's CPU, which may not be the driver's
 
 
-def _checked_int8_model(folder: str | None, weights_path: str) -> Int8Model:
+def _checked_int8_model(folder: str | None, weights_sha: str) -> Int8Model:
     if not folder:
         raise ValueError("precision int8 needs an int8 model (--int8-model), made by `verger quantize`")
     model = read_int8_model(folder)
-    check_made_from(model, weights_sha256(weights_path))
+    check_made_from(model, weights_sha)
     return model
 
 
